@@ -1,0 +1,270 @@
+"""UMDDataModule: paired patches of one session for training, whole volumes with meta for evaluation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import lightning as L
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.transforms import Compose
+from torch.utils.data import DistributedSampler
+
+from umd_lightning.data.manifest import Manifest, Problem, ScanRecord, read_manifest, validate_manifest
+from umd_lightning.data.splits import few_shot, split_subjects, write_split_file
+from umd_lightning.data.transforms import eval_transforms, paired_load_transforms, paired_patch_transforms
+from umd_lightning.organs import SESSION_VIEWS, VIEWS, check_view, get_organ_set
+
+log = logging.getLogger(__name__)
+
+
+def load_source(source: Mapping[str, Any], cache_dir: str | Path) -> Manifest:
+    """Build the manifest a data config describes.
+
+    ``source.layout`` is ``synthetic`` (the built-in cohort, generated once into ``cache_dir``),
+    ``manifest`` (a CSV/JSON file at ``source.path``), or a dataset layout known to
+    :mod:`umd_lightning.data.layouts` (``source.root`` and ``source.options``).
+    """
+    layout = source.get("layout", "synthetic")
+    if layout == "synthetic":
+        from umd_lightning.data.synthetic import CohortConfig, ensure_cohort
+
+        fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in source.items() if k not in ("layout", "workers")}
+        path = ensure_cohort(Path(cache_dir) / "synthetic", CohortConfig(**fields), workers=int(source.get("workers", 1)))
+        return read_manifest(path)
+    if layout == "manifest":
+        return read_manifest(source["path"])
+    from umd_lightning.data.layouts import load_layout
+
+    return load_layout(layout, source["root"], **dict(source.get("options") or {}))
+
+
+class UMDDataModule(L.LightningDataModule):
+    """Serves one dataset's subjects split by subject.
+
+    Training items are sessions: the anatomical scan and its PET cropped at the same place, with the
+    shared label, ``(B, 1, *patch_size)`` each. Evaluation items are whole volumes on the label's grid
+    (PET resampled onto it), batch size 1, with meta (subject_id, session, view, case_id, paths).
+
+    Args:
+        source: where the manifest comes from (see :func:`load_source`).
+        organ_set: organ set name or ``{id: name}``.
+        cache_dir: where generated cohorts and caches live.
+        splits: ``n_test`` (count, fraction, or ``"all"``), ``n_val``, ``seed``; a manifest ``split``
+            column fixes subjects it names.
+        train_views: views the network trains on.
+        eval_views: views evaluated in test/predict.
+        k_shot: training subjects per view (None = all).
+        patch_size: training patch (voxels).
+        samples_per_volume: patches cut from one cached session per visit.
+        batch_size: training batch size (in patches).
+        num_workers: dataloader workers.
+        intensity: per-modality normalisation (:class:`~umd_lightning.data.transforms.IntensityConfig`).
+        train_spacing: resample training sessions to this spacing (mm); None keeps the label grid.
+        validate: check every file of the manifest before anything runs.
+    """
+
+    def __init__(
+        self,
+        source: Mapping[str, Any],
+        organ_set: str | Mapping[int, str] = "umd13",
+        cache_dir: str = ".cache/umd_lightning",
+        splits: Mapping[str, Any] | None = None,
+        train_views: Sequence[str] = ("CT",),
+        eval_views: Sequence[str] = VIEWS,
+        k_shot: int | None = None,
+        patch_size: Sequence[int] = (64, 64, 64),
+        samples_per_volume: int = 4,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        intensity: Mapping[str, Any] | None = None,
+        train_spacing: Sequence[float] | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = dict(source)
+        self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.split_cfg = dict(splits or {})
+        self.train_views = [check_view(v) for v in train_views]
+        self.eval_views = [check_view(v) for v in eval_views]
+        self.k_shot = k_shot
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.samples_per_volume = int(samples_per_volume)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.intensity = dict(intensity or {})
+        self.train_spacing = None if train_spacing is None else tuple(float(s) for s in train_spacing)
+        self.validate = validate
+        self.manifest: Manifest | None = None
+        self.splits: dict[str, list[str]] = {}
+        self.train_subjects_per_view: dict[str, list[str]] = {}
+        #: Cases that failed validation: reported as failed rows, never evaluated.
+        self.failed: list[Problem] = []
+        self._skip: set[str] = set()
+        self._train_ds = self._val_ds = None
+
+    # ------------------------------------------------------------------ manifest and splits
+    def prepare_data(self) -> None:
+        # Runs once per node before setup(): generating the cohort here keeps DDP ranks from racing.
+        load_source(self.source, self.cache_dir)
+
+    def _ensure_manifest(self) -> None:
+        if self.manifest is not None:
+            return
+        self.manifest = load_source(self.source, self.cache_dir)
+        fixed = {r.subject_id: r.split for r in self.manifest if r.split}
+        n_test = self.split_cfg.get("n_test", 0.34)
+        seed = int(self.split_cfg.get("seed", 0))
+        if n_test == "all":
+            subjects = self.manifest.subjects
+            self.splits = {"train": [], "val": [], "test": subjects}
+        else:
+            self.splits = split_subjects(
+                self.manifest.subjects, n_test=n_test, n_val=self.split_cfg.get("n_val", 0), seed=seed, fixed=fixed
+            )
+        self.train_subjects_per_view = few_shot(self.splits["train"], self.train_views, self.k_shot, seed=seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._ensure_manifest()
+        if self.validate and not self.failed:
+            self.failed = validate_manifest(self.manifest, self.organ_set, raise_on_error=False)
+            for p in self.failed:
+                log.error("unusable case %s: %s", p.case_id, p)
+        if stage in ("fit", None) and self._train_ds is None:
+            bad_train = [p for p in self.failed if p.case_id in {r.case_id for r in self._session_records("train")}]
+            if bad_train:
+                listing = "\n".join(f"  {p.case_id}: {p}" for p in bad_train)
+                raise ValueError(f"cannot train on unusable case(s):\n{listing}")
+            self._train_ds = self._paired_dataset("train")
+            if self.splits["val"]:
+                self._val_ds = self._paired_dataset("val")
+
+    def write_splits(self, path: str | Path) -> Path:
+        self._ensure_manifest()
+        return write_split_file(path, self.splits, self.train_subjects_per_view)
+
+    def exclude_cases(self, case_ids: Iterable[str]) -> None:
+        """Leave out cases already evaluated (a resumed run skips them)."""
+        self._skip |= set(case_ids)
+
+    # ------------------------------------------------------------------ training
+    def _session_records(self, split: str) -> list[ScanRecord]:
+        subjects = set(self.splits.get(split, []))
+        return [r for r in self.manifest if r.subject_id in subjects]
+
+    def _paired_items(self, split: str) -> list[dict]:
+        by_key = {(r.subject_id, r.view): r for r in self._session_records(split)}
+        items = []
+        for subject in self.splits[split]:
+            for session, (anat_view, pet_view) in SESSION_VIEWS.items():
+                anat, pet = by_key.get((subject, anat_view)), by_key.get((subject, pet_view))
+                if anat is None or pet is None:
+                    continue
+                if split == "train":
+                    use_anat = subject in self.train_subjects_per_view.get(anat_view, [])
+                    use_pet = subject in self.train_subjects_per_view.get(pet_view, [])
+                else:
+                    use_anat, use_pet = anat_view in self.train_views, pet_view in self.train_views
+                if not (use_anat or use_pet):
+                    continue
+                items.append(
+                    {
+                        "anat": str(anat.image),
+                        "pet": str(pet.image),
+                        "label": str(anat.label),
+                        "anat_view": anat_view,
+                        "pet_view": pet_view,
+                        "use_anat": use_anat,
+                        "use_pet": use_pet,
+                        "subject_id": subject,
+                        "session": session,
+                    }
+                )
+        return items
+
+    def _paired_dataset(self, split: str) -> CacheDataset:
+        items = self._paired_items(split)
+        if not items:
+            raise ValueError(f"no {split} sessions hold the views {self.train_views} (subjects {self.splits[split]})")
+        transform = Compose(
+            [
+                paired_load_transforms(self.intensity, self.train_spacing),
+                paired_patch_transforms(self.patch_size, self.samples_per_volume),
+            ]
+        )
+        # Cache the deterministic part so an epoch never re-reads NIfTI.
+        return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=None, progress=False)
+
+    def _loader(self, dataset, *, shuffle: bool, batch_size: int) -> DataLoader:
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = DistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=shuffle
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._train_ds, shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self._val_ds is None:
+            return []
+        return self._loader(self._val_ds, shuffle=False, batch_size=self.batch_size)
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_records(self) -> list[ScanRecord]:
+        """Test cases in a fixed order: every eval view of every test subject, minus failed or finished ones."""
+        self._ensure_manifest()
+        failed = {p.case_id for p in self.failed}
+        subjects = set(self.splits["test"])
+        views = set(self.eval_views)
+        return [
+            r
+            for r in self.manifest
+            if r.subject_id in subjects and r.view in views and r.case_id not in failed and r.case_id not in self._skip
+        ]
+
+    def failed_records(self) -> list[tuple[ScanRecord, Problem]]:
+        by_case = {r.case_id: r for r in self.manifest}
+        subjects = set(self.splits["test"])
+        return [
+            (by_case[p.case_id], p)
+            for p in self.failed
+            if p.case_id in by_case and by_case[p.case_id].subject_id in subjects and by_case[p.case_id].view in self.eval_views
+        ]
+
+    def _eval_loader(self) -> DataLoader:
+        records = self.eval_records()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Shard without padding: each case is evaluated exactly once across ranks.
+            records = records[self.trainer.global_rank :: self.trainer.world_size]
+        items = [
+            {
+                "image": str(r.image),
+                "label": str(r.label),
+                "view": r.view,
+                "subject_id": r.subject_id,
+                "session": r.session,
+                "case_id": r.case_id,
+                "image_path": str(r.image),
+                "label_path": str(r.label),
+            }
+            for r in records
+        ]
+        return DataLoader(Dataset(items, eval_transforms(self.intensity)), batch_size=1, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader()

@@ -1,0 +1,290 @@
+"""SegmentationModule: DiceCE on paired patches in fit; whole-volume adapter inference and per-case
+metrics in test and predict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import lightning as L
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+from umd_lightning.metrics import CaseMetrics
+from umd_lightning.metrics.functional import metrics_metadata
+from umd_lightning.models.resample import labels_to_grid, needs_resampling, to_spacing, voxel_spacing
+from umd_lightning.organs import VIEWS, get_organ_set
+
+log = logging.getLogger(__name__)
+
+META_KEYS = ("subject_id", "session", "view", "case_id", "image_path", "label_path")
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a network on patches and evaluates any adapter on whole volumes.
+
+    Args:
+        model: a :class:`~umd_lightning.models.adapter.SegmentationAdapter`; for fit it must be an
+            ``nn.Module`` whose forward gives logits (B, K, *patch).
+        organ_set: organ set name or ``{id: name}``.
+        train_views: views whose images feed the loss (the anatomical scan and/or its PET).
+        optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_: true``).
+        scheduler: optional partial of a LR scheduler.
+        consistency_weight: weight of the paired consistency loss (mean squared difference of softmax
+            outputs on the anatomical patch and its PET); 0 disables it.
+        nsd_tolerance: NSD tolerance in mm (one value or per organ).
+        empty_policy: empty-mask policy of the metrics (``worst`` or ``exclude``).
+        hd_percentile: Hausdorff percentile.
+        save_predictions: write each case's label map as NIfTI into ``<run>/predictions``.
+        results_dir: where tables, predictions and the per-case journal go (default: the trainer's
+            ``default_root_dir``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        organ_set: str | Mapping[int, str] = "umd13",
+        train_views: Sequence[str] = ("CT",),
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        consistency_weight: float = 0.0,
+        nsd_tolerance: float | Mapping[str, float] = 2.0,
+        empty_policy: str = "worst",
+        hd_percentile: float = 95.0,
+        save_predictions: bool = True,
+        results_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
+        self.train_views = tuple(train_views)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.metric_kwargs = dict(
+            nsd_tolerance=dict(nsd_tolerance) if isinstance(nsd_tolerance, Mapping) else float(nsd_tolerance),
+            empty_policy=empty_policy,
+            hd_percentile=float(hd_percentile),
+        )
+        self.case_metrics = CaseMetrics(self.organ_set.labels, **self.metric_kwargs)
+        self.results_table: pd.DataFrame | None = None
+        self.results_meta: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ fit
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _patch_logits(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stack the patches whose views are trained; return logits, labels and the anat/pet row indices
+        of samples trained on both (for the consistency loss)."""
+        use_anat = torch.as_tensor(batch["use_anat"], device=self.device).bool()
+        use_pet = torch.as_tensor(batch["use_pet"], device=self.device).bool()
+        inputs = torch.cat([batch["anat"][use_anat], batch["pet"][use_pet]])
+        labels = torch.cat([batch["label"][use_anat], batch["label"][use_pet]])
+        both = use_anat & use_pet
+        anat_rows = torch.cumsum(use_anat.long(), 0)[both] - 1
+        pet_rows = int(use_anat.sum()) + torch.cumsum(use_pet.long(), 0)[both] - 1
+        return self.model(inputs), labels, anat_rows, pet_rows
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        logits, labels, anat_rows, pet_rows = self._patch_logits(batch)
+        loss = self.loss(logits, labels)
+        self.log("train/dicece", loss, prog_bar=True, batch_size=len(labels))
+        weight = self.hparams.consistency_weight
+        if weight > 0 and len(anat_rows):
+            probs = torch.softmax(logits.float(), dim=1)
+            consistency = F.mse_loss(probs[anat_rows], probs[pet_rows])
+            self.log("train/consistency", consistency, batch_size=len(anat_rows))
+            loss = loss + weight * consistency
+        self.log("train/loss", loss, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        logits, labels, _, _ = self._patch_logits(batch)
+        self.log("val/loss", self.loss(logits, labels), prog_bar=True, sync_dist=True, batch_size=len(labels))
+        pred = logits.argmax(1)
+        ref = labels[:, 0]
+        dices = []
+        for organ_id in self.organ_set.labels:
+            p, r = pred == organ_id, ref == organ_id
+            denom = p.sum() + r.sum()
+            if denom > 0:
+                dices.append(2.0 * (p & r).sum() / denom)
+        if dices:
+            self.log("val/dice", torch.stack(dices).mean(), prog_bar=True, sync_dist=True, batch_size=len(labels))
+
+    def configure_optimizers(self):
+        make_opt = self.hparams.optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
+        optimizer = make_opt(params=self.parameters())
+        if self.hparams.scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer)}}
+
+    # ------------------------------------------------------------------ evaluation
+    @property
+    def results_path(self) -> Path:
+        return Path(self.hparams.results_dir or self.trainer.default_root_dir)
+
+    def _predict_case(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any], np.ndarray]:
+        """Whole-volume labels (D, H, W) on the evaluation grid, plus the prompts and the grid's affine."""
+        image = batch["image"][0].cpu()  # (C, D, H, W) MetaTensor on the RAS label grid
+        affine = np.asarray(image.affine, dtype=np.float64)
+        info = self.model.info
+        meta = {k: batch[k][0] for k in META_KEYS if k in batch}
+        meta.update(spacing=voxel_spacing(affine), affine=affine)
+        model_image = image
+        if needs_resampling(affine, info.target_spacing):
+            model_image = to_spacing(image, info.target_spacing)
+        reference = None
+        if info.oracle:
+            reference = batch["label"][0, 0].cpu()
+            if model_image is not image:
+                reference = labels_to_grid(reference, affine, model_image.affine, model_image.shape[1:])
+        pred = self.model.predict_volume(torch.as_tensor(model_image)[None].float(), meta, self.organ_set, reference)
+        labels = pred.labels.cpu()
+        if model_image is not image:
+            labels = labels_to_grid(labels, model_image.affine, affine, image.shape[1:])
+        return labels, {"prompts": pred.prompts}, affine
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        meta = {k: batch[k][0] for k in META_KEYS if k in batch}
+        info = self.model.info
+        extra = {"model": info.name, "prompt_kind": info.prompt_kind, "oracle": bool(info.oracle)}
+        try:
+            labels, prompts, affine = self._predict_case(batch)
+            reference = batch["label"][0, 0].cpu()
+            pred_path = ""
+            if self.hparams.save_predictions:
+                pred_path = str(self._save_prediction(labels, affine, meta["case_id"]))
+            rows = self.case_metrics.update(
+                labels,
+                reference,
+                voxel_spacing(affine),
+                {**meta, **extra, "prediction": pred_path, "prompts": json.dumps(prompts["prompts"])},
+                organs_predicted=self.model.organs_predicted(self.organ_set),
+            )
+        except Exception as exc:  # noqa: BLE001 - one broken case must not cost the others
+            log.error("case %s failed: %s\n%s", meta.get("case_id"), exc, traceback.format_exc())
+            rows = self.case_metrics.update_failed({**meta, **extra, "error": f"{type(exc).__name__}: {exc}"})
+        self._journal(meta["case_id"], rows)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        labels, prompts, affine = self._predict_case(batch)
+        case_id = batch["case_id"][0]
+        path = self._save_prediction(labels, affine, case_id)
+        return {"case_id": case_id, "prediction": str(path), **prompts}
+
+    def _save_prediction(self, labels: torch.Tensor, affine: np.ndarray, case_id: str) -> Path:
+        out = self.results_path / "predictions" / f"{case_id}.nii.gz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint8 if self.organ_set.num_classes <= 256 else np.int16
+        img = nib.Nifti1Image(labels.numpy().astype(dtype), affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        tmp = out.with_name(out.name + ".tmp.nii.gz")
+        nib.save(img, str(tmp))
+        os.replace(tmp, out)
+        return out
+
+    def _journal(self, case_id: str, rows: list[dict[str, Any]]) -> None:
+        """Append a finished case atomically: a killed run resumes from these files."""
+        folder = self.results_path / "cases"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{case_id}.json.tmp"
+        tmp.write_text(json.dumps(rows, default=_json_default))
+        os.replace(tmp, folder / f"{case_id}.json")
+
+    def on_test_epoch_start(self) -> None:
+        self.case_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        table = self.case_metrics.compute()
+        table = pd.concat([read_journal(self.results_path, exclude=set(table.get("case_id", []))), table])
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "failed_records"):
+            info = self.model.info
+            failed = [
+                {
+                    **{k: getattr(r, k) for k in ("subject_id", "session", "view", "case_id")},
+                    "image_path": str(r.image),
+                    "label_path": str(r.label),
+                    "model": info.name,
+                    "prompt_kind": info.prompt_kind,
+                    "oracle": bool(info.oracle),
+                    "organ": organ,
+                    "status": "failed",
+                    "error": f"{p.path}: {p.problem}",
+                }
+                for r, p in dm.failed_records()
+                for organ in self.organ_set.organs
+            ]
+            table = pd.concat([table, pd.DataFrame(failed)])
+        table = sort_results(table, self.organ_set.organs)
+        info = self.model.info
+        self.results_table = table
+        self.results_meta = {
+            **metrics_metadata(**self.metric_kwargs),
+            "organ_set": self.organ_set.name,
+            "organs": list(self.organ_set.organs),
+            "model": info.name,
+            "prompt_kind": info.prompt_kind,
+            "oracle": bool(info.oracle),
+            "reported_dice": dict(info.reported_dice),
+            "eval_grid": "label grid (re-oriented to RAS); PET resampled onto it with trilinear interpolation",
+        }
+        for (view, organ), value in summary_means(table).items():
+            self.log(f"test/dice/{view}/{organ}", value, rank_zero_only=True)
+        for view, value in table[table.status != "failed"].groupby("view")["dice"].mean().items():
+            self.log(f"test/dice/{view}/mean", float(value), rank_zero_only=True)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def read_journal(results_dir: str | Path, exclude: set[str] | None = None) -> pd.DataFrame:
+    """Rows of every finished case in ``<results_dir>/cases`` (minus ``exclude``)."""
+    rows = []
+    for path in sorted(Path(results_dir, "cases").glob("*.json")):
+        if exclude and path.stem in exclude:
+            continue
+        rows.extend(json.loads(path.read_text()))
+    return pd.DataFrame(rows)
+
+
+def finished_cases(results_dir: str | Path) -> set[str]:
+    return {p.stem for p in Path(results_dir, "cases").glob("*.json")}
+
+
+def sort_results(table: pd.DataFrame, organs: Sequence[str]) -> pd.DataFrame:
+    if table.empty:
+        return table
+    order = {o: i for i, o in enumerate(organs)}
+    view_order = {v: i for i, v in enumerate(VIEWS)}
+    return (
+        table.assign(_v=table["view"].map(view_order), _o=table["organ"].map(order))
+        .sort_values(["subject_id", "_v", "_o"], kind="stable")
+        .drop(columns=["_v", "_o"])
+        .reset_index(drop=True)
+    )
+
+
+def summary_means(table: pd.DataFrame) -> dict[tuple[str, str], float]:
+    ok = table[table.status != "failed"]
+    return {k: float(v) for k, v in ok.groupby(["view", "organ"])["dice"].mean().items() if pd.notna(v)}

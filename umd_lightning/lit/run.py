@@ -1,0 +1,153 @@
+"""The one place that wires the stages together from a composed Hydra config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from umd_lightning.lit.module import finished_cases
+from umd_lightning.organs import VIEWS
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("umd_lightning", "torch", "lightning", "monai", "torchmetrics", "hydra-core", "nibabel", "numpy", "wandb")
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
+    """What produced this run folder: resolved config, package versions, checkpoint and data hashes."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    manifest = getattr(datamodule, "manifest", None)
+    data_hash = None
+    if manifest is not None:
+        data_hash = hashlib.sha256(manifest.to_frame().to_csv(index=False).encode()).hexdigest()
+    checkpoint = OmegaConf.select(cfg, "model.checkpoint")
+    payload = {
+        "command": " ".join([Path(sys.executable).name, "-m", "umd_lightning", *sys.argv[1:]]),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "data_manifest_sha256": data_hash,
+    }
+    path = out / "run_manifest.json"
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def export_weights(module: L.LightningModule, path: str | Path, cfg: DictConfig, metrics: dict | None = None) -> Path:
+    """Save the network's state dict (loads with weights_only=True) and a JSON of how it was made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in module.model.net.state_dict().items()}, path)
+    overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    card = {
+        "command": "python -m umd_lightning " + " ".join(overrides or sys.argv[1:]),
+        "seed": int(cfg.seed),
+        "sha256": file_sha256(path),
+        "network": OmegaConf.to_container(cfg.model.net, resolve=True),
+        "target_spacing": OmegaConf.to_container(cfg.model.target_spacing, resolve=True),
+        "train_subjects": getattr(module.trainer.datamodule, "splits", {}).get("train"),
+        "metrics": metrics or {},
+    }
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    return path
+
+
+def print_summary(table: pd.DataFrame) -> None:
+    """A view x organ table of mean Dice / HD95 on the console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    ok = table[table.status != "failed"]
+    views = [v for v in VIEWS if v in set(ok.view)]
+    means = ok.groupby(["organ", "view"])[["dice", "hd95"]].mean()
+    rich_table = Table(title="Mean Dice / HD95 (mm) per organ and view")
+    rich_table.add_column("organ")
+    for v in views:
+        rich_table.add_column(v, justify="right")
+    for organ in dict.fromkeys(ok.organ):
+        cells = []
+        for v in views:
+            if (organ, v) in means.index:
+                d, h = means.loc[(organ, v)]
+                cells.append(f"{d:.3f} / {h:.1f}")
+            else:
+                cells.append("-")
+        rich_table.add_row(organ, *cells)
+    overall = ok.groupby("view")[["dice", "hd95"]].mean()
+    rich_table.add_row(
+        "[b]mean[/b]", *[f"[b]{overall.loc[v, 'dice']:.3f} / {overall.loc[v, 'hd95']:.1f}[/b]" for v in views]
+    )
+    Console().print(rich_table)
+    failed = table[table.status == "failed"]["case_id"].unique()
+    if len(failed):
+        Console(stderr=True).print(f"[red]{len(failed)} case(s) failed:[/red] {', '.join(failed)}")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and/or test as the config says; return the run folder and the results table."""
+    L.seed_everything(int(cfg.seed), workers=True)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    module = instantiate(cfg.module, model=model)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    result: dict[str, Any] = {"output_dir": out}
+    if cfg.train:
+        last = out / "checkpoints" / "last.ckpt"
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+        if trainer.is_global_zero:
+            datamodule.write_splits(out / "splits.json")
+        if cfg.export_checkpoint and trainer.is_global_zero:
+            result["checkpoint"] = export_weights(module, cfg.export_checkpoint, cfg)
+    if trainer.is_global_zero:
+        datamodule.setup("test")
+        write_run_manifest(cfg, out, datamodule)
+    if cfg.test:
+        datamodule.exclude_cases(finished_cases(out) if cfg.resume else ())
+        trainer.test(module, datamodule=datamodule)
+        table = module.results_table
+        result["results"] = table
+        if trainer.is_global_zero and table is not None and len(table):
+            print_summary(table)
+            if cfg.train and cfg.export_checkpoint and "checkpoint" in result:
+                ok = table[table.status != "failed"]
+                means = {v: float(m) for v, m in ok.groupby("view")["dice"].mean().items()}
+                export_weights(module, cfg.export_checkpoint, cfg, metrics={"test_mean_dice": means})
+    return result
