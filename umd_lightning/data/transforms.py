@@ -31,6 +31,8 @@ from monai.transforms import (
 from umd_lightning.organs import check_view
 
 ORIENTATION = "RAS"
+# Stated explicitly: MONAI is changing the default meaning of axis letters.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,9 @@ def eval_transforms(intensity: IntensityConfig | Mapping | None = None) -> Compo
     """
     return Compose(
         [
-            LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True),
+            LoadImaged(keys=["image", "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True),
             ResampleToLabeld(keys="image", key_dst="label"),
-            Orientationd(keys=["image", "label"], axcodes=ORIENTATION),
+            Orientationd(keys=["image", "label"], axcodes=ORIENTATION, labels=RAS_LABELS),
             ViewIntensityd(keys="image", view_keys="view", config=intensity),
             EnsureTyped(keys="label", dtype=torch.int64),
         ]
@@ -153,9 +155,9 @@ def paired_load_transforms(
     """
     keys = ["anat", "pet", "label"]
     steps: list = [
-        LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+        LoadImaged(keys=keys, reader="NibabelReader", ensure_channel_first=True, image_only=True),
         ResampleToLabeld(keys=["anat", "pet"], key_dst="label"),
-        Orientationd(keys=keys, axcodes=ORIENTATION),
+        Orientationd(keys=keys, axcodes=ORIENTATION, labels=RAS_LABELS),
     ]
     if spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=tuple(spacing), mode=("bilinear", "bilinear", "nearest")))

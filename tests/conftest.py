@@ -1,0 +1,74 @@
+"""Shared fixtures: the real scans beside the project, a tiny synthetic cohort, Hydra composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+# Real TotalSegmentator test scans (wasserth/TotalSegmentator, tests/reference_files, Apache-2.0).
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
+
+#: Overrides that shrink any experiment to a tiny cohort that runs in seconds on 2 cores.
+TINY_OVERRIDES = [
+    "data.source.n_subjects=3",
+    "data.source.scale=3.0",
+    "data.source.workers=1",
+    "data.splits.n_test=1",
+    "data.patch_size=[32,32,32]",
+    "data.samples_per_volume=2",
+    "model.roi_size=[32,32,32]",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    if not (REAL_DATA / "example_ct_sm.nii.gz").is_file():
+        pytest.skip(f"real test scans not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cohort cache for the whole session, so each tiny cohort is generated once."""
+    return tmp_path_factory.mktemp("umd_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(cache_dir) -> Path:
+    """Manifest path of a 3-subject cohort at 1/27 of the default voxel count."""
+    from umd_lightning.data.synthetic import CohortConfig, ensure_cohort
+
+    return ensure_cohort(cache_dir / "synthetic", CohortConfig(n_subjects=3, scale=3.0))
+
+
+@pytest.fixture()
+def compose_cfg(cache_dir, tmp_path):
+    """Compose the real Hydra config with overrides, outputs in tmp_path, caches shared."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from umd_lightning.config import config_dir
+
+    def _compose(*overrides: str, tiny: bool = True):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(
+                config_name="config",
+                overrides=[
+                    f"paths.output_dir={tmp_path / 'run'}",
+                    f"paths.cache_dir={cache_dir}",
+                    *(TINY_OVERRIDES if tiny else []),
+                    *overrides,
+                ],
+            )
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

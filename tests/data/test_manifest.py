@@ -1,0 +1,165 @@
+"""One test per manifest error: each names the file and the problem."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from umd_lightning.data.manifest import ManifestError, check_record, read_manifest, validate_manifest
+from umd_lightning.organs import UMD13
+
+
+def _save(path, data, affine=None):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0]) if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+@pytest.fixture()
+def case(tmp_path):
+    """A valid CT case plus a PET on its own coarser grid."""
+    rng = np.random.default_rng(0)
+    ct = _save(tmp_path / "ct.nii.gz", rng.normal(0, 50, (16, 14, 12)).astype(np.float32))
+    lab = np.zeros((16, 14, 12), np.uint8)
+    lab[4:10, 3:9, 2:8] = 4
+    label = _save(tmp_path / "label.nii.gz", lab)
+    pet = _save(tmp_path / "pet.nii.gz", rng.random((8, 7, 6)).astype(np.float32), np.diag([4.0, 4.0, 6.0, 1.0]))
+    return tmp_path, ct, label, pet
+
+
+def _manifest(tmp_path, rows):
+    path = tmp_path / "manifest.csv"
+    pd.DataFrame(rows, columns=["subject_id", "session", "view", "image", "label"]).to_csv(path, index=False)
+    return read_manifest(path)
+
+
+def _one(tmp_path, image, label, view="CT"):
+    session = "petct" if view in ("CT", "PET_CT") else "petmri"
+    return _manifest(tmp_path, [["s1", session, view, image.name, label.name]])
+
+
+def test_valid_case_passes_with_relative_paths(case):
+    tmp_path, ct, label, pet = case
+    manifest = _manifest(
+        tmp_path, [["s1", "petct", "CT", "ct.nii.gz", "label.nii.gz"], ["s1", "petct", "PET_CT", "pet.nii.gz", "label.nii.gz"]]
+    )
+    assert validate_manifest(manifest, UMD13) == []
+    assert manifest.records[0].image == tmp_path / "ct.nii.gz"
+
+
+def test_missing_file(case):
+    tmp_path, ct, label, _ = case
+    ct.unlink()
+    with pytest.raises(ManifestError, match=r"ct\.nii\.gz: file not found"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+
+
+def test_unreadable_nifti(case):
+    tmp_path, ct, label, _ = case
+    ct.write_bytes(gzip.compress(b"this is not a nifti header" * 20))
+    with pytest.raises(ManifestError, match=r"ct\.nii\.gz: unreadable"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+
+
+def test_truncated_voxel_data(case):
+    tmp_path, ct, label, _ = case
+    raw = gzip.decompress(ct.read_bytes())
+    ct.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    with pytest.raises(ManifestError, match=r"ct\.nii\.gz: unreadable"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+
+
+def test_grids_disagree_shape(case):
+    tmp_path, ct, _, _ = case
+    label = _save(tmp_path / "small.nii.gz", np.zeros((15, 14, 12), np.uint8))
+    with pytest.raises(ManifestError, match=r"small\.nii\.gz: label grid \(15, 14, 12\) does not match"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+
+
+def test_grids_disagree_affine(case):
+    tmp_path, ct, _, _ = case
+    shifted = np.diag([2.0, 2.0, 3.0, 1.0])
+    shifted[:3, 3] = [5.0, 0.0, 0.0]
+    label = _save(tmp_path / "shifted.nii.gz", np.zeros((16, 14, 12), np.uint8), shifted)
+    with pytest.raises(ManifestError, match=r"shifted\.nii\.gz: label affine differs .* by 5 mm"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+
+
+def test_pet_may_keep_its_own_grid_but_must_overlap(case):
+    tmp_path, _, label, pet = case
+    check_record(_one(tmp_path, pet, label, view="PET_CT").records[0], UMD13)
+    far = np.diag([4.0, 4.0, 6.0, 1.0])
+    far[:3, 3] = [1000.0, 0.0, 0.0]
+    away = _save(tmp_path / "pet_far.nii.gz", np.ones((8, 7, 6), np.float32), far)
+    with pytest.raises(ManifestError, match=r"pet_far\.nii\.gz: PET field of view does not overlap"):
+        check_record(_one(tmp_path, away, label, view="PET_CT").records[0], UMD13)
+
+
+def test_nan_in_image(case):
+    tmp_path, _, label, _ = case
+    data = np.zeros((16, 14, 12), np.float32)
+    data[1, 2, 3] = np.nan
+    data[4, 5, 6] = np.nan
+    img = _save(tmp_path / "nan.nii.gz", data)
+    with pytest.raises(ManifestError, match=r"nan\.nii\.gz: image contains 2 NaN voxel"):
+        check_record(_one(tmp_path, img, label).records[0], UMD13)
+
+
+def test_label_ids_outside_organ_set(case):
+    tmp_path, ct, _, _ = case
+    lab = np.zeros((16, 14, 12), np.uint8)
+    lab[0, 0, 0], lab[1, 1, 1] = 14, 52
+    label = _save(tmp_path / "foreign.nii.gz", lab)
+    with pytest.raises(ManifestError, match=r"foreign\.nii\.gz: label ids \[14, 52\] are outside organ set umd13"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+
+
+def test_4d_where_3d_expected(case):
+    tmp_path, _, label, _ = case
+    img = _save(tmp_path / "dyn.nii.gz", np.zeros((16, 14, 12, 3), np.float32))
+    with pytest.raises(ManifestError, match=r"dyn\.nii\.gz: expected a 3D volume, got shape \(16, 14, 12, 3\)"):
+        check_record(_one(tmp_path, img, label).records[0], UMD13)
+
+
+def test_trailing_singleton_axis_is_3d(case):
+    tmp_path, _, label, _ = case
+    img = _save(tmp_path / "single.nii.gz", np.zeros((16, 14, 12, 1), np.float32))
+    check_record(_one(tmp_path, img, label).records[0], UMD13)
+
+
+def test_validate_collects_every_problem(case):
+    tmp_path, ct, label, _ = case
+    manifest = _manifest(
+        tmp_path,
+        [["s1", "petct", "CT", "ct.nii.gz", "label.nii.gz"], ["s2", "petct", "CT", "gone.nii.gz", "label.nii.gz"],
+         ["s3", "petmri", "MRI", "also_gone.nii.gz", "label.nii.gz"]],
+    )
+    problems = validate_manifest(manifest, UMD13, raise_on_error=False)
+    assert [p.case_id for p in problems] == ["s2_CT", "s3_MRI"]
+    with pytest.raises(ManifestError, match=r"2 unusable case\(s\)[\s\S]*gone\.nii\.gz: file not found"):
+        validate_manifest(manifest, UMD13)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (["s1", "petct", "MRI", "a", "b"], "view MRI does not belong to session 'petct'"),
+        (["s1", "petct", "XRAY", "a", "b"], "unknown view 'XRAY'"),
+    ],
+)
+def test_bad_rows_name_the_row(tmp_path, row, message):
+    with pytest.raises(ManifestError, match=message):
+        _manifest(tmp_path, [row])
+
+
+def test_missing_column_and_missing_manifest(tmp_path):
+    path = tmp_path / "m.csv"
+    pd.DataFrame({"subject_id": ["a"], "view": ["CT"]}).to_csv(path, index=False)
+    with pytest.raises(ManifestError, match=r"m\.csv: missing column\(s\) session, image, label"):
+        read_manifest(path)
+    with pytest.raises(ManifestError, match=r"nope\.csv: manifest file not found"):
+        read_manifest(tmp_path / "nope.csv")
