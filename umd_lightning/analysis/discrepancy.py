@@ -1,0 +1,437 @@
+"""Discrepancy tables from a results table: paired view differences, per-view summaries,
+generalisation gap and empty-mask-policy sensitivity.
+
+All functions take the results table (one row per case x organ, see ``io.REQUIRED_COLUMNS``) and
+never re-run a model.
+
+Conventions, stated once:
+
+- A paired difference is ``compared - reference`` for a pair kind ``(reference, compared)`` of
+  ``organs.PAIR_KINDS`` (e.g. ``PET_CT - CT``), over the subjects that have a finite value in both
+  views. A subject with several cases of one view (repeat sessions) contributes their mean.
+- Rows whose metric is NaN (``both_empty``, ``failed``, and ``missed``/``false_positive`` under the
+  ``exclude`` policy) drop out of means and pairs; they are counted in :func:`view_summary`.
+- "Headline" means are macro means: the mean over organs of each organ's mean over cases.
+- Failure: an evaluable row (status ``ok``, ``missed`` or ``false_positive``) with Dice < 0.1 or a
+  one-sided empty status, so the rate does not depend on the empty policy.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..organs import PAIR_KINDS, VIEWS
+from .io import EMPTY_POLICIES, normalise, organ_order, validate_results
+from .stats import holm, paired_comparison
+
+Metric = Literal["dice", "hd95", "nsd", "assd"]
+EmptyPolicy = Literal["worst", "exclude"]
+
+DEFAULT_METRICS: tuple[str, ...] = ("dice", "hd95", "nsd")
+HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "nsd": True, "hd95": False, "assd": False}
+EVALUABLE: tuple[str, ...] = ("ok", "missed", "false_positive")
+ONE_SIDED_EMPTY: tuple[str, ...] = ("missed", "false_positive")
+FAILURE_DICE = 0.1
+
+DISCREPANCY_COLUMNS: tuple[str, ...] = (
+    "model", "pair_kind", "ref_view", "cmp_view", "organ", "metric", "n", "mean_ref", "mean_cmp",
+    "mean_diff", "ci_low", "ci_high", "p", "p_holm", "significant", "effect_dz", "cmp_worse",
+    "reason",
+)
+
+
+def row_seed(seed: int, *key: str) -> list[int]:
+    """A bootstrap seed for one table row, stable across runs and independent of row order.
+
+    Analysing several models together gives each row the interval it gets when analysed alone.
+    """
+    return [int(seed), zlib.crc32("|".join(key).encode())]
+
+
+def present_views(df: pd.DataFrame) -> list[str]:
+    """Views in the table, in ``organs.VIEWS`` order (unknown ones after)."""
+    seen = list(pd.unique(df["view"].astype(str)))
+    return [v for v in VIEWS if v in seen] + [v for v in seen if v not in VIEWS]
+
+
+def subject_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per model x organ x subject, the metric of each view (mean over that view's cases).
+
+    Args:
+        df: results table.
+        metric: a metric column, e.g. ``dice``.
+
+    Returns:
+        Frame indexed by ``(model, organ, subject_id)`` with one column per view; NaN where a subject
+        has no finite value in that view.
+    """
+    d = df[np.isfinite(df[metric].to_numpy(dtype=np.float64))]
+    if d.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=["model", "organ", "subject_id"]))
+    v = d.groupby(["model", "organ", "subject_id", "view"], sort=False)[metric].mean()
+    return v.unstack("view")
+
+
+def discrepancy_table(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    pair_kinds: Mapping[str, tuple[str, str]] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Paired view differences per model x pair kind x organ x metric.
+
+    Each row: n subjects with both views, mean of each view over those subjects, mean difference
+    ``cmp - ref`` with a percentile-bootstrap CI (seeded per row with :func:`row_seed`), the
+    Wilcoxon signed-rank p, the Holm-adjusted p across the organs of one model x pair kind x metric,
+    Cohen's d_z and a reason when a statistic is undefined.
+
+    Args:
+        df: results table.
+        metrics: metric columns to compare; absent ones are skipped.
+        pair_kinds: ``{name: (ref_view, cmp_view)}``; default ``organs.PAIR_KINDS``. A pair kind is
+            reported for a model only when the table holds both of its views for that model.
+        n_boot: bootstrap resamples; 0 skips the CI (NaN bounds).
+        seed: base bootstrap seed.
+        level: CI level.
+        alpha: threshold on the Holm p for the ``significant`` column.
+
+    Returns:
+        Frame with columns ``DISCREPANCY_COLUMNS``.
+    """
+    df = normalise(validate_results(df))
+    pair_kinds = dict(PAIR_KINDS if pair_kinds is None else pair_kinds)
+    organs = organ_order(df)
+    rows: list[dict[str, Any]] = []
+    for metric in [m for m in metrics if m in df.columns]:
+        wide = subject_values(df, metric)
+        by_organ = {k: g for k, g in wide.groupby(level=["model", "organ"], sort=False)} if len(wide) else {}
+        for model in pd.unique(df["model"]):
+            model_views = set(df.loc[df["model"] == model, "view"])
+            for kind, (ref, cmp) in pair_kinds.items():
+                if ref not in model_views or cmp not in model_views:
+                    continue
+                block: list[dict[str, Any]] = []
+                for organ in organs:
+                    sub = by_organ.get((model, organ))
+                    if sub is not None and ref in sub and cmp in sub:
+                        a, b = sub[ref].to_numpy(np.float64), sub[cmp].to_numpy(np.float64)
+                    else:
+                        a = b = np.empty(0)
+                    res = paired_comparison(
+                        a, b, n_boot=max(n_boot, 1), seed=row_seed(seed, model, kind, organ, metric), level=level
+                    )
+                    rec = {"model": model, "pair_kind": kind, "ref_view": ref, "cmp_view": cmp,
+                           "organ": organ, "metric": metric, **res.as_dict()}
+                    if res.n == 0:
+                        rec["reason"] = "no subject with both views"
+                    if n_boot == 0:
+                        rec["ci_low"] = rec["ci_high"] = float("nan")
+                    block.append(rec)
+                adj = holm([r["p"] for r in block])
+                for r, q in zip(block, adj):
+                    r["p_holm"] = float(q)
+                    r["significant"] = bool(np.isfinite(q) and q < alpha)
+                    better_high = HIGHER_IS_BETTER.get(metric, True)
+                    r["cmp_worse"] = bool(np.isfinite(r["mean_diff"]) and (r["mean_diff"] < 0 if better_high else r["mean_diff"] > 0))
+                rows.extend(block)
+    return pd.DataFrame(rows, columns=list(DISCREPANCY_COLUMNS))
+
+
+def _describe(values: np.ndarray, prefix: str) -> dict[str, float | int]:
+    x = values[np.isfinite(values)]
+    if x.size == 0:
+        nan = float("nan")
+        return {f"{prefix}_n": 0, f"{prefix}_mean": nan, f"{prefix}_median": nan,
+                f"{prefix}_q1": nan, f"{prefix}_q3": nan, f"{prefix}_iqr": nan}
+    q1, med, q3 = np.quantile(x, [0.25, 0.5, 0.75])
+    return {f"{prefix}_n": int(x.size), f"{prefix}_mean": float(x.mean()), f"{prefix}_median": float(med),
+            f"{prefix}_q1": float(q1), f"{prefix}_q3": float(q3), f"{prefix}_iqr": float(q3 - q1)}
+
+
+def _status_counts(status: pd.Series, dice: np.ndarray, failure_dice: float) -> dict[str, float | int]:
+    s = status.to_numpy(dtype=str)
+    counts = {f"n_{k}": int(np.sum(s == k)) for k in ("ok", "missed", "false_positive", "both_empty", "failed")}
+    evaluable = np.isin(s, EVALUABLE)
+    with np.errstate(invalid="ignore"):
+        failed = evaluable & (np.isin(s, ONE_SIDED_EMPTY) | (dice < failure_dice))
+    n_eval = int(evaluable.sum())
+    n_present = counts["n_ok"] + counts["n_missed"]
+    counts["n_rows"] = int(s.size)
+    counts["failure_rate"] = float(failed.sum() / n_eval) if n_eval else float("nan")
+    counts["missed_rate"] = float(counts["n_missed"] / n_present) if n_present else float("nan")
+    return counts
+
+
+def view_summary(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    failure_dice: float = FAILURE_DICE,
+) -> pd.DataFrame:
+    """Per model x view x organ (plus organ ``all``): metric mean, median, quartiles and rates.
+
+    Rates: ``failure_rate`` = failures / evaluable rows (see module docstring);
+    ``missed_rate`` = ``missed`` / rows whose reference holds the organ (``ok`` + ``missed``).
+
+    Args:
+        df: results table.
+        metrics: metric columns to describe; absent ones are skipped.
+        failure_dice: Dice below which an evaluable row is a failure.
+
+    Returns:
+        One row per model x view x organ with ``<metric>_{n,mean,median,q1,q3,iqr}``, ``n_<status>``,
+        ``n_rows``, ``failure_rate``, ``missed_rate``.
+    """
+    df = normalise(validate_results(df))
+    metrics = [m for m in metrics if m in df.columns]
+    organs = organ_order(df)
+    rows: list[dict[str, Any]] = []
+    for model in pd.unique(df["model"]):
+        for view in present_views(df[df["model"] == model]):
+            sel = df[(df["model"] == model) & (df["view"] == view)]
+            for organ in [*organs, "all"]:
+                sub = sel if organ == "all" else sel[sel["organ"] == organ]
+                if sub.empty:
+                    continue
+                rec: dict[str, Any] = {"model": model, "view": view, "organ": organ}
+                rec.update(_status_counts(sub["status"], sub["dice"].to_numpy(np.float64), failure_dice))
+                for m in metrics:
+                    rec.update(_describe(sub[m].to_numpy(np.float64), m))
+                rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def headline_means(df: pd.DataFrame, metric: str = "dice") -> pd.Series:
+    """Macro mean of ``metric`` per model x view: the mean over organs of each organ's case mean."""
+    df = normalise(df)
+    d = df[np.isfinite(df[metric].to_numpy(np.float64))]
+    organ_means = d.groupby(["model", "view", "organ"], sort=False)[metric].mean()
+    return organ_means.groupby(level=["model", "view"], sort=False).mean()
+
+
+def reported_from_meta(meta: Mapping[str, Any], models: Iterable[str]) -> dict[str, dict[str, float]]:
+    """Literature Dice per model from results metadata.
+
+    ``meta["reported_dice"]`` is either ``{view or "overall": dice}`` for the table's model
+    (``meta["model"]``, or every model of the table when that key is absent) or
+    ``{model: {view or "overall": dice}}``.
+    """
+    rep = meta.get("reported_dice") or {}
+    models = [str(m) for m in models]
+    if not isinstance(rep, Mapping) or not rep:
+        return {}
+    if all(isinstance(v, Mapping) for v in rep.values()):
+        return {str(m): {str(k): float(x) for k, x in v.items()} for m, v in rep.items()}
+    flat = {str(k): float(x) for k, x in rep.items() if x is not None}
+    owners = [str(meta["model"])] if meta.get("model") is not None else models
+    return {m: dict(flat) for m in owners}
+
+
+def generalisation_gap(df: pd.DataFrame, reported: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Reported (literature) Dice minus measured macro Dice, per model x view.
+
+    The reported value for a view is ``reported[model][view]``, else ``reported[model]["overall"]``;
+    ``reported_key`` says which was used. A positive gap means the model does worse here than its
+    paper says.
+
+    Args:
+        df: results table.
+        reported: ``{model: {view or "overall": dice}}`` (see :func:`reported_from_meta`).
+
+    Returns:
+        Columns ``model, view, reported_dice, reported_key, measured_dice, gap, n_organs``.
+    """
+    df = normalise(df)
+    measured = headline_means(df, "dice")
+    d = df[np.isfinite(df["dice"].to_numpy(np.float64))]
+    n_organs = d.groupby(["model", "view"])["organ"].nunique()
+    rows = []
+    for model in pd.unique(df["model"]):
+        rep = reported.get(model, {})
+        for view in present_views(df[df["model"] == model]):
+            key = view if view in rep else ("overall" if "overall" in rep else "")
+            rd = float(rep[key]) if key else float("nan")
+            md = float(measured.get((model, view), float("nan")))
+            rows.append({"model": model, "view": view, "reported_dice": rd, "reported_key": key,
+                         "measured_dice": md, "gap": rd - md, "n_organs": int(n_organs.get((model, view), 0))})
+    return pd.DataFrame(rows, columns=["model", "view", "reported_dice", "reported_key", "measured_dice", "gap", "n_organs"])
+
+
+def label_diagonal_mm(label_path: str | Path) -> float:
+    """The volume diagonal in mm of a NIfTI grid: ``|shape * spacing|`` (header only, no voxels).
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+    """
+    import nibabel as nib  # lazy: only the exclude->worst sensitivity direction needs it
+
+    path = Path(label_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label {path} does not exist (needed for the volume diagonal)")
+    img = nib.load(str(path))
+    shape = np.asarray(img.shape[:3], dtype=np.float64)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
+    return float(np.linalg.norm(shape * zooms))
+
+
+def apply_empty_policy(
+    df: pd.DataFrame,
+    policy: EmptyPolicy,
+    diagonal: Callable[[pd.Series], float] | None = None,
+) -> pd.DataFrame:
+    """Re-score one-sided empty rows (``missed``, ``false_positive``) under ``policy``.
+
+    ``exclude``: their Dice, NSD, HD95 and ASSD become NaN. ``worst``: Dice 0, NSD 0, and HD95/ASSD
+    the case's volume diagonal, taken from (in order) a ``diagonal_mm`` column, a finite HD95 already
+    stored in the row (the table was written under ``worst``), ``diagonal(row)``, or
+    :func:`label_diagonal_mm` of the row's ``label`` path; NaN with no source.
+
+    Args:
+        df: results table.
+        policy: target policy.
+        diagonal: optional ``row -> diagonal in mm``.
+
+    Returns:
+        A re-scored copy.
+
+    Raises:
+        ValueError: on an unknown policy.
+    """
+    if policy not in EMPTY_POLICIES:
+        raise ValueError(f"unknown empty policy {policy!r}; expected one of {EMPTY_POLICIES}")
+    out = normalise(df)
+    one_sided = out["status"].isin(ONE_SIDED_EMPTY).to_numpy()
+    if not one_sided.any():
+        return out
+    dist_cols = [c for c in ("hd95", "assd") if c in out.columns]
+    if policy == "exclude":
+        cols = [c for c in ("dice", "nsd", *dist_cols) if c in out.columns]
+        out.loc[one_sided, cols] = np.nan
+        return out
+    for col in ("dice", "nsd"):
+        if col in out.columns:
+            out.loc[one_sided, col] = 0.0
+    if dist_cols:
+        cache: dict[str, float] = {}
+        diag = np.full(len(out), np.nan)
+        for i in np.flatnonzero(one_sided):
+            row = out.iloc[i]
+            val = float("nan")
+            if "diagonal_mm" in out.columns and np.isfinite(row["diagonal_mm"]):
+                val = float(row["diagonal_mm"])
+            elif "hd95" in out.columns and np.isfinite(row["hd95"]):
+                val = float(row["hd95"])
+            elif diagonal is not None:
+                val = float(diagonal(row))
+            elif "label" in out.columns and isinstance(row["label"], str) and row["label"]:
+                if row["label"] not in cache:
+                    try:
+                        cache[row["label"]] = label_diagonal_mm(row["label"])
+                    except (FileNotFoundError, OSError, ValueError):
+                        cache[row["label"]] = float("nan")
+                val = cache[row["label"]]
+            diag[i] = val
+        for col in dist_cols:
+            out.loc[one_sided, col] = diag[one_sided]
+    return out
+
+
+def sensitivity_table(
+    df: pd.DataFrame,
+    policy_run: EmptyPolicy = "worst",
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    pair_kinds: Mapping[str, tuple[str, str]] | None = None,
+    alpha: float = 0.05,
+    diagonal: Callable[[pd.Series], float] | None = None,
+    discrepancy_run: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """How the headline numbers move when one-sided empty rows are scored under the other policy.
+
+    Quantities, each under ``worst`` and ``exclude``: per model x view the macro mean of each metric
+    (``scope`` = the view), and per model x pair kind the macro mean paired difference and the
+    number of organs with Holm p < ``alpha`` (``scope`` = the pair kind).
+
+    Args:
+        df: results table as written by the run.
+        policy_run: the empty policy the table was written under (``meta["empty_policy"]``).
+        metrics: metric columns.
+        pair_kinds: as in :func:`discrepancy_table`.
+        alpha: significance threshold for the organ count.
+        diagonal: passed to :func:`apply_empty_policy` for the exclude -> worst direction.
+        discrepancy_run: :func:`discrepancy_table` of ``df`` already computed with the same
+            ``metrics``, ``pair_kinds`` and ``alpha`` (saves recomputing it; CIs are not used).
+
+    Returns:
+        Columns ``model, scope, quantity, metric, value_worst, value_exclude, delta, policy_run``
+        with ``delta = value_exclude - value_worst``.
+    """
+    if policy_run not in EMPTY_POLICIES:
+        raise ValueError(f"unknown empty policy {policy_run!r}; expected one of {EMPTY_POLICIES}")
+    metrics = [m for m in metrics if m in df.columns]
+    other = "exclude" if policy_run == "worst" else "worst"
+    tables = {policy_run: normalise(df), other: apply_empty_policy(df, other, diagonal=diagonal)}
+    values: dict[str, dict[tuple[str, str, str, str], float]] = {}
+    for pol, t in tables.items():
+        vals: dict[tuple[str, str, str, str], float] = {}
+        for m in metrics:
+            for (model, view), v in headline_means(t, m).items():
+                vals[(model, view, "mean", m)] = float(v)
+        if pol == policy_run and discrepancy_run is not None:
+            disc = discrepancy_run
+        else:
+            disc = discrepancy_table(t, metrics, pair_kinds, n_boot=0, alpha=alpha)
+        for (model, kind, m), g in disc.groupby(["model", "pair_kind", "metric"], sort=False):
+            vals[(model, kind, "mean_paired_diff", m)] = float(g["mean_diff"].mean())
+            vals[(model, kind, "n_organs_significant", m)] = float(g["significant"].sum())
+        values[pol] = vals
+    keys = list(dict.fromkeys([*values[policy_run], *values[other]]))
+    rows = []
+    for k in keys:
+        w = values["worst"].get(k, float("nan"))
+        e = values["exclude"].get(k, float("nan"))
+        rows.append({"model": k[0], "scope": k[1], "quantity": k[2], "metric": k[3],
+                     "value_worst": w, "value_exclude": e, "delta": e - w, "policy_run": policy_run})
+    return pd.DataFrame(rows, columns=["model", "scope", "quantity", "metric", "value_worst",
+                                       "value_exclude", "delta", "policy_run"])
+
+
+def select_cases(df: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """The best, median and worst case per model x view by the case's mean ``metric`` over organs.
+
+    Ties are broken by ``case_id``; the median is the lower median. Cases with no finite value are
+    skipped.
+
+    Returns:
+        Columns ``model, view, which, case_id, subject_id, score`` plus ``image, label, prediction``
+        when the table has them; ``which`` is ``best``, ``median`` or ``worst``.
+    """
+    df = normalise(df)
+    d = df[np.isfinite(df[metric].to_numpy(np.float64))]
+    path_cols = [c for c in ("image", "label", "prediction") if c in df.columns]
+    rows = []
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    for (model, view), g in d.groupby(["model", "view"], sort=False):
+        scores = g.groupby("case_id")[metric].mean().reset_index()
+        scores = scores.sort_values([metric, "case_id"], ascending=[not higher, True], kind="stable")
+        scores = scores.reset_index(drop=True)  # best first
+        n = len(scores)
+        picks = {"best": 0, "median": (n - 1) // 2, "worst": n - 1}
+        for which, i in picks.items():
+            case = scores.loc[i, "case_id"]
+            first = df[(df["model"] == model) & (df["view"] == view) & (df["case_id"] == case)].iloc[0]
+            rec = {"model": model, "view": view, "which": which, "case_id": case,
+                   "subject_id": first["subject_id"], "score": float(scores.loc[i, metric])}
+            rec.update({c: first[c] for c in path_cols})
+            rows.append(rec)
+    views = {v: i for i, v in enumerate(VIEWS)}
+    out = pd.DataFrame(rows, columns=["model", "view", "which", "case_id", "subject_id", "score", *path_cols])
+    if not out.empty:
+        out = out.sort_values(["model", "view"], key=lambda s: s.map(views) if s.name == "view" else s, kind="stable")
+    return out.reset_index(drop=True)
