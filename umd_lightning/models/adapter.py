@@ -7,10 +7,14 @@ the reference label (oracle information); both go into every results row.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, runtime_checkable
+from types import ModuleType
+from typing import Any, Iterator, Literal, Mapping, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from umd_lightning.organs import OrganSet
@@ -42,6 +46,27 @@ class AdapterInfo:
     target_spacing: tuple[float, float, float] | None = None
     #: Dice its own paper reports, per view or "overall": used for the generalisation-gap statistic.
     reported_dice: Mapping[str, float] = field(default_factory=dict)
+    #: The range the model's input intensities are mapped onto from the data module's [0, 1]
+    #: normalisation (e.g. (-1000, 1000) for a model that takes CT in HU); None = used as given.
+    intensity_range: tuple[float, float] | None = None
+    #: The CT window (HU) of the model's own preprocessing; ``data.intensity.ct_window`` should match it.
+    hu_window: tuple[float, float] | None = None
+    #: The label map (``umd_lightning/labelmaps/<name>.yaml``) from the model's vocabulary to organ
+    #: names; None = the model's output ids are the organ set's ids.
+    vocabulary: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """The adapter's description as flat JSON-ready values, for results metadata."""
+        return {
+            "model": self.name,
+            "prompt_kind": self.prompt_kind,
+            "oracle": bool(self.oracle),
+            "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
+            "intensity_range": None if self.intensity_range is None else list(self.intensity_range),
+            "hu_window": None if self.hu_window is None else list(self.hu_window),
+            "vocabulary": self.vocabulary,
+            "reported_dice": dict(self.reported_dice),
+        }
 
 
 @runtime_checkable
@@ -72,39 +97,147 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not fit the network; the message names the file and the keys."""
 
 
+class MissingExtraError(ImportError):
+    """An optional package a model needs is not installed; the message names the extra to install."""
+
+
+def optional_import(module: str, extra: str, *, model: str | None = None, hint: str = "") -> ModuleType:
+    """Import an optional dependency lazily, or fail with a message that names the extra.
+
+    Args:
+        module: the importable module, e.g. ``medim``.
+        extra: the ``umd_lightning`` extra that installs it, e.g. ``sam_med3d``.
+        model: the model that needs it (for the message); defaults to ``extra``.
+        hint: one more sentence for packages the extra cannot install (code outside PyPI).
+
+    Raises:
+        MissingExtraError: the module cannot be imported.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        msg = (
+            f"{model or extra} needs the package {module.split('.')[0]!r}, which is not installed ({exc}); "
+            f"install the extra: pip install 'umd_lightning[{extra}]'"
+        )
+        raise MissingExtraError(f"{msg}. {hint}".strip() if hint else msg) from exc
+
+
+def _numpy_safe_globals() -> list[Any]:
+    """numpy scalar and dtype types that trainers (nnU-Net, SAM-Med3D) leave in their checkpoints' logs."""
+    allowed: list[Any] = [np.dtype]
+    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        with contextlib.suppress(ImportError, AttributeError):
+            allowed.append(importlib.import_module(name).scalar)
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return allowed
+
+
+def load_checkpoint_file(path: str | Path, *, allow_numpy: bool = True) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors that name the file.
+
+    Args:
+        path: the checkpoint file.
+        allow_numpy: also accept numpy scalars and dtypes (plain data that training logs hold); no code
+            object is ever unpickled.
+
+    Raises:
+        CheckpointError: the file is missing or cannot be read with ``weights_only=True``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ctx = torch.serialization.safe_globals(_numpy_safe_globals()) if allow_numpy else contextlib.nullcontext()
+        with ctx:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: cannot load checkpoint with weights_only=True ({type(exc).__name__}: {first})") from exc
+
+
+@contextlib.contextmanager
+def weights_only_loading() -> Iterator[None]:
+    """Force ``torch.load(weights_only=True)`` inside third-party code (nnU-Net, TotalSegmentator).
+
+    Those packages call ``torch.load(..., weights_only=False)``; within this context every call is
+    made with ``weights_only=True`` (numpy scalars allowed), so no checkpoint can run code.
+    """
+    original = torch.load
+
+    def _load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return original(*args, **kwargs)
+
+    torch.load = _load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load = original  # type: ignore[assignment]
+
+
+def _short(keys: list[str], n: int = 5) -> str:
+    return f"{keys[:n]}{f' (+{len(keys) - n} more)' if len(keys) > n else ''}"
+
+
 def load_state_dict_checked(module: torch.nn.Module, path: str | Path, *, key: str | None = None) -> None:
     """Load weights with ``torch.load(weights_only=True)`` and fail clearly on any mismatch.
 
     Lightning checkpoints (``state_dict`` with ``net.`` or ``model.net.`` prefixes) and bare state dicts
     both load.
 
+    Args:
+        module: the network to load into.
+        path: the checkpoint file.
+        key: the entry of a checkpoint dict that holds the state dict (default ``state_dict`` when
+            present, else the dict itself); e.g. ``model_state_dict`` for SAM-Med3D.
+
     Raises:
-        CheckpointError: the file is missing or unreadable, or keys are missing or unexpected.
+        CheckpointError: the file is missing or unreadable, or keys are missing, unexpected or of
+            another shape. The message is one line naming the file.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    obj = load_checkpoint_file(path)
+    if isinstance(obj, dict) and key is not None and key not in obj:
+        if not all(isinstance(v, torch.Tensor) for v in obj.values()):  # a bare state dict is fine too
+            raise CheckpointError(f"{path}: no entry {key!r} in the checkpoint (entries: {_short(sorted(map(str, obj)))})")
+        key = None
     state = obj.get(key or "state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: no state dict inside (found {type(state).__name__})")
-    own = set(module.state_dict())
-    for prefix in ("", "model.net.", "net.", "model.", "module."):
+    own = module.state_dict()
+    # the prefix that makes the most keys match (Lightning, DDP and wrapper prefixes)
+    best: dict[str, Any] = state
+    best_hits = len(set(state) & set(own))
+    for prefix in ("model.net.", "net.", "model.", "module."):
         stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if stripped and own <= set(stripped):
-            state = {k: v for k, v in stripped.items() if k in own}
-            break
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+        hits = len(set(stripped) & set(own))
+        if hits > best_hits:
+            best, best_hits = stripped, hits
+    if best is not state:
+        best = {k: v for k, v in best.items() if k in own} if set(own) <= set(best) else best
+    state = best
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: checkpoint does not fit {type(module).__name__}: "
-            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"missing keys {_short(missing)}, unexpected keys {_short(unexpected)}"
+        )
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit {type(module).__name__}: "
+            f"shape mismatch (checkpoint vs network) {_short(wrong, 3)}"
         )
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{path}: checkpoint does not fit {type(module).__name__}: {exc}") from exc
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: checkpoint does not fit {type(module).__name__}: {first}") from exc

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from umd_lightning.models.adapter import AdapterInfo, Prediction, load_state_dict_checked
-from umd_lightning.organs import OrganSet
+from umd_lightning.organs import LabelMap, OrganSet, load_label_map
 
 
 class MonaiNetworkAdapter(nn.Module):
@@ -28,6 +28,12 @@ class MonaiNetworkAdapter(nn.Module):
         reported_dice: Dice reported in the model's paper, per view or ``overall``.
         tta: average axis-flip predictions (nnU-Net mirroring).
         autocast: run the network under autocast on a GPU (``bf16`` or ``fp16``); ignored on the CPU.
+        label_map: for a network trained on another vocabulary (a BTCV or TotalSegmentator
+            checkpoint): the label map (name or YAML path) from its output channels to organ names.
+            None = the output channels are the organ set's ids.
+        intensity_range: where the data module's [0, 1] intensities are mapped before the network
+            (None = as given, the case for networks trained here).
+        hu_window: the CT window of the network's own training preprocessing, for the data config.
     """
 
     def __init__(
@@ -43,8 +49,14 @@ class MonaiNetworkAdapter(nn.Module):
         reported_dice: Mapping[str, float] | None = None,
         tta: bool = False,
         autocast: str | None = None,
+        label_map: str | LabelMap | None = None,
+        intensity_range: Sequence[float] | None = None,
+        hu_window: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        self.label_map: LabelMap | None = (
+            label_map if isinstance(label_map, LabelMap) or label_map is None else load_label_map(str(label_map))
+        )
         self.net = net
         self.checkpoint = None if checkpoint in (None, "") else str(checkpoint)
         if self.checkpoint is not None:
@@ -61,6 +73,9 @@ class MonaiNetworkAdapter(nn.Module):
             oracle=False,
             target_spacing=None if target_spacing is None else tuple(float(s) for s in target_spacing),
             reported_dice=dict(reported_dice or {}),
+            intensity_range=None if intensity_range is None else (float(intensity_range[0]), float(intensity_range[1])),
+            hu_window=None if hu_window is None else (float(hu_window[0]), float(hu_window[1])),
+            vocabulary=None if self.label_map is None else self.label_map.name,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +83,8 @@ class MonaiNetworkAdapter(nn.Module):
         return self.net(x)
 
     def organs_predicted(self, organ_set: OrganSet) -> tuple[str, ...]:
-        return organ_set.organs
+        """All organs when the channels are the organ set's ids, else those the label map names."""
+        return organ_set.organs if self.label_map is None else self.label_map.organs_covered(organ_set)
 
     @torch.no_grad()
     def predict_volume(
@@ -81,6 +97,9 @@ class MonaiNetworkAdapter(nn.Module):
         from umd_lightning.models.inference import sliding_window_labels
 
         device = next(self.net.parameters()).device
+        if self.info.intensity_range is not None:
+            lo, hi = self.info.intensity_range
+            image = image * (hi - lo) + lo
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.autocast), None)
         labels = sliding_window_labels(
             image,
@@ -93,4 +112,6 @@ class MonaiNetworkAdapter(nn.Module):
             autocast=dtype if (dtype is not None and device.type == "cuda") else False,
             tta=self.tta,
         )
+        if self.label_map is not None:
+            labels = torch.as_tensor(self.label_map.apply(labels.cpu().numpy(), organ_set))
         return Prediction(labels=labels)
