@@ -51,7 +51,6 @@ SLICE_SPACING_RTOL = 0.01
 #: Tolerance on direction cosines when checking that all slices share one orientation.
 ORIENTATION_ATOL = 1e-4
 
-PetUnits = Literal["BQML", "CNTS", "GML"]
 Status = Literal["ok", "failed", "skipped"]
 
 
