@@ -199,6 +199,7 @@ class TotalSegmentatorAdapter(FoundationAdapter):
         reported_dice: Dice its paper reports.
         intensity_range: TotalSegmentator takes CT in HU; MR intensities as they are.
         hu_window: the data module's CT window that makes the mapping restore HU.
+        target_spacing: None: TotalSegmentator resamples itself.
     """
 
     def __init__(
@@ -210,6 +211,7 @@ class TotalSegmentatorAdapter(FoundationAdapter):
         reported_dice: Mapping[str, float] | None = None,
         intensity_range: Sequence[float] | None = (-1000.0, 1000.0),
         hu_window: Sequence[float] | None = (-1000.0, 1000.0),
+        target_spacing: Sequence[float] | None = None,
     ) -> None:
         if task not in ("total", "total_mr"):
             raise ValueError(f"TotalSegmentator task must be 'total' or 'total_mr', got {task!r}")
@@ -217,6 +219,7 @@ class TotalSegmentatorAdapter(FoundationAdapter):
         self.weights_dir = str(require_path(weights_dir, "TotalSegmentator weights folder", is_dir=True))
         super().__init__(
             name,
+            target_spacing=target_spacing,
             reported_dice=reported_dice,
             intensity_range=intensity_range,
             hu_window=hu_window,
