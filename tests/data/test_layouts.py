@@ -169,6 +169,26 @@ def test_nnunet_dataset_label_names(cohort, tmp_path):
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(rec.label)).dataobj), raw)
 
 
+def test_msd_as_published(real_data_dir, tmp_path):
+    """Decathlon Task03_Liver style: 3D files without channel suffix, v1 ``modality`` and ``labels`` by id."""
+    root = tmp_path / "Task03_Liver"
+    copy(real_data_dir / "example_ct_sm.nii.gz", root / "imagesTr" / "liver_7.nii.gz")
+    src = nib.load(str(real_data_dir / "example_seg.nii.gz"))
+    raw = np.asanyarray(src.dataobj)
+    msd = np.where(raw == 5, 1, 0).astype(np.uint8)  # 1 liver
+    msd[(raw == 1)] = 2  # 2 "cancer" (here: the spleen's voxels), not an organ of umd13
+    save_to = root / "labelsTr" / "liver_7.nii.gz"
+    save_to.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(msd, src.affine), str(save_to))
+    (root / "dataset.json").write_text(json.dumps(
+        {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "liver", "2": "cancer"}}))
+    (rec,) = load_layout("msd", root, label_map="dataset", cache_dir=tmp_path / "cache").records
+    assert (rec.subject_id, rec.session, rec.view) == ("liver_7", "petct", "CT")
+    mapped = np.asanyarray(nib.load(str(rec.label)).dataobj)
+    assert set(np.unique(mapped).tolist()) == {0, 4}
+    assert (mapped == 4).sum() == (raw == 5).sum() > 0
+
+
 # --------------------------------------------------------------------------- real scans
 
 
