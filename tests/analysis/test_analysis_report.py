@@ -1,0 +1,198 @@
+"""`python -m umd_lightning.report` end to end: tables, figures and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from umd_lightning.analysis.demo import demo_results
+from umd_lightning.analysis.discrepancy import discrepancy_table
+from umd_lightning.analysis.report import write_report
+from umd_lightning.report import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ORGANS = ("liver", "spleen")
+
+
+class _Imgs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.srcs: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a.get("src", ""))
+        for key in ("href", "src"):
+            if key in a and tag != "img":
+                self.links.append(a[key])
+
+
+def img_srcs(html_text: str) -> tuple[list[str], list[str]]:
+    p = _Imgs()
+    p.feed(html_text)
+    return p.srcs, p.links
+
+
+def tiny_case(folder: Path) -> dict[str, str]:
+    """A 16^3 image with a box organ (id 4 = liver) as image, label and prediction NIfTI."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(0).normal(0, 1, (16, 16, 16)).astype(np.float32)
+    lab = np.zeros((16, 16, 16), np.uint8)
+    lab[4:12, 5:11, 6:10] = 4
+    pred = np.roll(lab, 1, axis=0)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    paths = {}
+    for name, arr in (("image", image), ("label", lab), ("prediction", pred)):
+        paths[name] = str(folder / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(arr, aff), paths[name])
+    return paths
+
+
+def write_table(folder: Path, model: str, fmt: str, seed: int, reported: dict, policy="worst", paths=None) -> Path:
+    df, meta = demo_results(n_subjects=6, models=(model,), organs=ORGANS, seed=seed, empty_policy=policy)
+    if paths:
+        for k, v in paths.items():
+            df[k] = v
+    meta.update(model=model, reported_dice=reported)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"results.{fmt}"
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    (folder / "results.meta.json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    a = write_table(root / "run_a", "mA", "csv", 1, {"CT": 0.9}, paths=tiny_case(root / "nii"))
+    b = write_table(root / "run_b", "mB", "parquet", 2, {"overall": 0.8})
+    out = root / "out"
+    rc = main([str(a), str(root / "run_b"), "--out", str(out), "--n-boot", "300", "--seed", "4",
+               "--metrics", "dice", "hd95"])
+    return {"rc": rc, "out": out, "a": a, "b": b}
+
+
+def test_cli_writes_tables_for_all_models(cli_run):
+    assert cli_run["rc"] == 0
+    out = cli_run["out"]
+    for name in ("discrepancy.csv", "view_summary.csv", "generalisation_gap.csv", "sensitivity.csv",
+                 "selected_cases.csv", "analysis.meta.json", "report.html"):
+        assert (out / name).is_file(), name
+    disc = pd.read_csv(out / "discrepancy.csv")
+    assert set(disc["model"]) == {"mA", "mB"}
+    assert set(disc["metric"]) == {"dice", "hd95"}
+    # the CLI's numbers are the library's numbers on the stacked tables
+    both = pd.concat([pd.read_csv(cli_run["a"]), pd.read_parquet(cli_run["b"])])
+    ref = discrepancy_table(both, ["dice", "hd95"], n_boot=300, seed=4)
+    np.testing.assert_allclose(disc["mean_diff"], ref["mean_diff"])
+    np.testing.assert_allclose(disc["ci_low"], ref["ci_low"])
+    np.testing.assert_allclose(disc["p_holm"], ref["p_holm"])
+    gap = pd.read_csv(out / "generalisation_gap.csv").fillna({"reported_key": ""}).set_index(["model", "view"])
+    assert gap.loc[("mA", "CT"), "reported_dice"] == 0.9 and gap.loc[("mA", "CT"), "reported_key"] == "CT"
+    assert gap.loc[("mA", "MRI"), "reported_key"] == ""  # mA reports CT only
+    assert gap.loc[("mB", "PET_CT"), "reported_dice"] == 0.8  # each file's own meta
+
+
+def test_cli_writes_the_figures(cli_run):
+    names = {p.stem for p in (cli_run["out"] / "figures").glob("*.png")}
+    expected = {f"{k}_{m}_dice" for k in ("slope", "heatmap", "forest") for m in ("mA", "mB")}
+    expected |= {f"forest_{m}_hd95" for m in ("mA", "mB")} | {"reported_vs_measured"}
+    expected |= {f"overlay_mA_{v}" for v in ("CT", "PET_CT", "MRI", "PET_MRI")}  # mB has no NIfTI paths
+    assert names == expected
+    for p in (cli_run["out"] / "figures").glob("*.png"):
+        assert p.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_is_self_contained_and_every_figure_resolves(cli_run):
+    text = (cli_run["out"] / "report.html").read_text()
+    srcs, links = img_srcs(text)
+    n_png = len(list((cli_run["out"] / "figures").glob("*.png")))
+    assert len(srcs) == n_png == 13
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        raw = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert raw[:8] == PNG_MAGIC
+        arr = mpimg.imread(io.BytesIO(raw), format="png")
+        assert arr.ndim == 3 and arr.shape[0] > 50 and arr.shape[1] > 50
+        assert float(arr[..., :3].std()) > 0.01  # not a blank image
+    assert links == []  # no external stylesheet, script or link
+    assert "mA" in text and "mB" in text and "CT_vs_PET_CT" in text
+    assert re.search(r"empty-mask policy</th><td>worst", text)
+
+
+def test_report_rerenders_with_figures_added_later(cli_run, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(cli_run["out"], folder)
+    shutil.copy(folder / "figures" / "reported_vs_measured.png", folder / "figures" / "overlay_extra.png")
+    text = write_report(folder).read_text()
+    assert len(img_srcs(text)[0]) == 14 and "overlay_extra" in text
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage"]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_report_renders_in_headless_chromium_with_every_figure_loaded(cli_run, tmp_path):
+    html_text = (cli_run["out"] / "report.html").read_text()
+    # A probe script (added to a copy only) records, at window load, how many <img> decoded.
+    probe = ("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+             "document.body.setAttribute('data-loaded',i.filter(function(x){return x.complete&&x.naturalWidth>0})"
+             ".length+'/'+i.length);});</script></body>")
+    page = tmp_path / "probe.html"
+    page.write_text(html_text.replace("</body>", probe))
+    common = [_chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*common, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert m, f"probe did not run; chromium stderr tail: {dom.stderr[-500:]}"
+    assert m.group(1) == m.group(2) == "13"
+    shot = tmp_path / "shot.png"
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,3000",
+                    (cli_run["out"] / "report.html").as_uri()], capture_output=True, timeout=120)
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (3000, 1200)
+    assert float(img[..., :3].std()) > 0.05  # rendered content, not a blank page
+
+
+def test_cli_refuses_mixed_policies_duplicate_models_and_missing_files(tmp_path, capsys):
+    a = write_table(tmp_path / "a", "m1", "csv", 1, {})
+    b = write_table(tmp_path / "b", "m2", "csv", 2, {}, policy="exclude")
+    c = write_table(tmp_path / "c", "m1", "csv", 3, {})
+    assert main([str(a), str(b), "--out", str(tmp_path / "o1"), "--no-figures"]) == 2
+    assert "different empty policies" in capsys.readouterr().err
+    assert main([str(a), str(c), "--out", str(tmp_path / "o2"), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'm1' appears in both" in err and str(c) in err
+    assert main([str(tmp_path / "none.csv"), "--out", str(tmp_path / "o3")]) == 2
+    assert "none.csv does not exist" in capsys.readouterr().err
+
+
+def test_cli_module_entry_point_runs(tmp_path):
+    import sys
+
+    a = write_table(tmp_path / "a", "m1", "csv", 1, {})
+    res = subprocess.run([sys.executable, "-m", "umd_lightning.report", str(a), "--out", str(tmp_path / "o"),
+                          "--no-figures", "--n-boot", "50"], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr
+    assert "CT_vs_PET_CT" in res.stdout and (tmp_path / "o" / "report.html").is_file()
