@@ -31,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -48,6 +49,7 @@ from umd_lightning.organs import SESSION_VIEWS, UMD13
 GENERATOR_VERSION = 1
 #: Written last into a cohort folder by :func:`ensure_cohort`; its absence means "incomplete".
 COMPLETE_MARKER = "COMPLETE"
+_STALE_TMP_S = 6 * 3600
 
 _BIG = np.float32(1e4)
 _F32 = np.float32
@@ -92,6 +94,14 @@ class CohortConfig:
     compress_level: int = 1
 
     def __post_init__(self) -> None:
+        # Normalise types (lists from YAML, ints for floats) so equal configs hash equally.
+        for name, kind in (("n_subjects", int), ("seed", int), ("scale", float), ("pet_fwhm_mm", float),
+                           ("fat_gap_mm", float), ("compress_level", int)):  # fmt: skip
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        for name in ("ct_spacing", "pet_spacing", "mri_spacing", "ct_fov_mm", "mri_fov_mm", "pet_fov_mm",
+                     "deformation_mm"):  # fmt: skip
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        object.__setattr__(self, "lesions_per_subject", tuple(int(v) for v in self.lesions_per_subject))
         if self.n_subjects < 1:
             raise ValueError(f"CohortConfig: n_subjects must be >= 1, got {self.n_subjects}")
         if not self.scale > 0:
@@ -513,8 +523,7 @@ def draw_subject(index: int, rng: np.random.Generator, lesion_range: tuple[int, 
     ct_hu = _draw_values(rng, CT_HU)
     mri_t1 = _draw_values(rng, MRI_T1)
     pet_suv = _draw_values(rng, PET_SUV, log=_PET_LOG_UNIFORM)
-    extra = {"myocardium_mm": float(rng.uniform(8, 12)), "grey_mm": float(rng.uniform(5, 7)),
-             "ventricle_scale": float(head_scale)}  # fmt: skip
+    extra = {"myocardium_mm": float(rng.uniform(8, 12)), "grey_mm": float(rng.uniform(5, 7))}
     profile = _PROFILE.copy()
     profile[:, 0] *= bs[2]
     profile[:, 1] *= bs[0]
@@ -806,8 +815,12 @@ def _body_fields(subject: Subject, x: np.ndarray, y: np.ndarray, z: np.ndarray, 
     return np.minimum(d_trunk, d_head), d_int, tissue
 
 
-def sample_anatomy(subject: Subject, session: Session, grid: Grid, gap_mm: float) -> tuple[np.ndarray, np.ndarray, list]:
+def sample_anatomy(subject: Subject, session: Session, grid: Grid, gap_mm: float) -> tuple[np.ndarray, np.ndarray, _Sampler]:
     """Label (UMD13 ids, uint8) and tissue ids (uint8) at every voxel centre of ``grid``.
+
+    Each structure is evaluated in its bounding box only. A voxel belongs to the structure with the
+    smallest distance when it is inside it and the runner-up is at least ``gap_mm`` farther (when
+    either is an organ); otherwise it keeps the body's background tissue (fat inside the trunk).
 
     Returns:
         ``(label, tissue, sampler)``: two arrays of ``grid.shape`` and the sampler (body coordinates).
@@ -1071,21 +1084,25 @@ def ensure_cohort(cache_root: str | Path, config: CohortConfig = CohortConfig(),
     if (target / COMPLETE_MARKER).is_file() and manifest.is_file():
         return manifest
     root.mkdir(parents=True, exist_ok=True)
+    # Temporary folders of killed runs (a live run finishes in minutes).
+    for stale in root.glob(f".{target.name}.tmp-*"):
+        if time.time() - stale.stat().st_mtime > _STALE_TMP_S:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
     try:
         generate_cohort(tmp, config, workers=workers)
         (tmp / COMPLETE_MARKER).write_text(config_hash(config) + "\n")
-        if (target / COMPLETE_MARKER).is_file():  # another process finished first
-            shutil.rmtree(tmp)
-            return manifest
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (target / COMPLETE_MARKER).is_file():
-            return manifest
-        raise
+        if not (target / COMPLETE_MARKER).is_file():  # else another process finished first
+            if target.exists():
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # A concurrent run renamed its complete cohort into place first.
+                if not (target / COMPLETE_MARKER).is_file():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return manifest
 
 
@@ -1101,7 +1118,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     start = time.perf_counter()
     manifest = generate_cohort(args.out_dir, config, workers=args.workers)
     print(manifest)
-    print(f"{config.n_subjects} subjects in {time.perf_counter() - start:.1f} s", file=__import__("sys").stderr)
+    print(f"{config.n_subjects} subjects in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return manifest
 
 
