@@ -224,3 +224,21 @@ def test_read_results_csv_with_sidecar_and_missing_columns(tmp_path):
         read_results(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_results(tmp_path / "nope.csv")
+
+
+def test_not_predicted_rows_are_counted_but_not_failures():
+    df = pd.concat([summary_table(), pd.DataFrame([row("s7", "PET_CT", "liver", NAN, status="not_predicted")])])
+    r = view_summary(df, ["dice"]).set_index(["view", "organ"]).loc[("PET_CT", "liver")]
+    assert r.n_not_predicted == 1 and r.n_rows == 7
+    assert r.failure_rate == pytest.approx(2 / 4) and r.dice_n == 4
+
+
+def test_select_cases_takes_paths_from_their_aliases():
+    rows = [row("s1", "CT", "liver", 0.9), row("s2", "CT", "liver", 0.5)]
+    df = pd.DataFrame(rows).drop(columns=["image", "label"])
+    df["image_path"] = ["/i1.nii.gz", "/i2.nii.gz"]
+    df["label_path"] = ["/l1.nii.gz", "/l2.nii.gz"]
+    df["prediction"] = ["/p1.nii.gz", "/p2.nii.gz"]
+    sel = select_cases(df).set_index("which")
+    assert sel.loc["best", ["image", "label", "prediction"]].tolist() == ["/i1.nii.gz", "/l1.nii.gz", "/p1.nii.gz"]
+    assert sel.loc["worst", "label"] == "/l2.nii.gz"

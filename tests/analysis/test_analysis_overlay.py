@@ -132,3 +132,13 @@ def test_overlay_figure_draws_prediction_fill_and_reference_outline(tmp_path):
     assert (cols.min(), cols.max(), fill.shape[1]) == (8, 12, 16)  # 3..7 before the flip
     legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend_texts == ["liver"]
+
+
+def test_a_case_that_is_best_median_and_worst_is_drawn_once(tmp_path):
+    paths, _ = write_case(tmp_path)
+    rows = [{"model": "m", "view": "MRI", "which": w, "case_id": "only", "score": 0.7,
+             **{k: str(v) for k, v in paths.items()}} for w in ("best", "median", "worst")]
+    figs, skipped = overlay_figures(pd.DataFrame(rows))
+    fig = figs["overlay_m_MRI"]
+    assert skipped == [] and len(fig.axes) == 3
+    assert fig.axes[0].get_ylabel().startswith("best = median = worst: only")

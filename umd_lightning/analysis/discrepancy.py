@@ -9,8 +9,9 @@ Conventions, stated once:
 - A paired difference is ``compared - reference`` for a pair kind ``(reference, compared)`` of
   ``organs.PAIR_KINDS`` (e.g. ``PET_CT - CT``), over the subjects that have a finite value in both
   views. A subject with several cases of one view (repeat sessions) contributes their mean.
-- Rows whose metric is NaN (``both_empty``, ``failed``, and ``missed``/``false_positive`` under the
-  ``exclude`` policy) drop out of means and pairs; they are counted in :func:`view_summary`.
+- Rows whose metric is NaN (``both_empty``, ``not_predicted``, ``failed``, and
+  ``missed``/``false_positive`` under the ``exclude`` policy) drop out of means and pairs; they are
+  counted in :func:`view_summary`.
 - "Headline" means are macro means: the mean over organs of each organ's mean over cases.
 - Failure: an evaluable row (status ``ok``, ``missed`` or ``false_positive``) with Dice < 0.1 or a
   one-sided empty status, so the rate does not depend on the empty policy.
@@ -34,6 +35,8 @@ EmptyPolicy = Literal["worst", "exclude"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "hd95", "nsd")
 HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "nsd": True, "hd95": False, "assd": False}
+#: Row statuses of the results-table contract (``not_predicted``: an organ the model cannot name).
+STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "not_predicted", "failed")
 EVALUABLE: tuple[str, ...] = ("ok", "missed", "false_positive")
 ONE_SIDED_EMPTY: tuple[str, ...] = ("missed", "false_positive")
 FAILURE_DICE = 0.1
@@ -158,7 +161,7 @@ def _describe(values: np.ndarray, prefix: str) -> dict[str, float | int]:
 
 def _status_counts(status: pd.Series, dice: np.ndarray, failure_dice: float) -> dict[str, float | int]:
     s = status.to_numpy(dtype=str)
-    counts = {f"n_{k}": int(np.sum(s == k)) for k in ("ok", "missed", "false_positive", "both_empty", "failed")}
+    counts = {f"n_{k}": int(np.sum(s == k)) for k in STATUSES}
     evaluable = np.isin(s, EVALUABLE)
     with np.errstate(invalid="ignore"):
         failed = evaluable & (np.isin(s, ONE_SIDED_EMPTY) | (dice < failure_dice))
@@ -291,7 +294,9 @@ def apply_empty_policy(
     ``exclude``: their Dice, NSD, HD95 and ASSD become NaN. ``worst``: Dice 0, NSD 0, and HD95/ASSD
     the case's volume diagonal, taken from (in order) a ``diagonal_mm`` column, a finite HD95 already
     stored in the row (the table was written under ``worst``), ``diagonal(row)``, or
-    :func:`label_diagonal_mm` of the row's ``label`` path; NaN with no source.
+    :func:`label_diagonal_mm` of the row's label path (``label`` or an alias, see
+    ``PATH_ALIASES``); NaN with no source. The diagonal is ``|shape * spacing|`` of the label grid,
+    the metrics' worst-case distance.
 
     Args:
         df: results table.
@@ -321,8 +326,11 @@ def apply_empty_policy(
     if dist_cols:
         cache: dict[str, float] = {}
         diag = np.full(len(out), np.nan)
+        paths = with_path_columns(out)
+        labels = paths["label"].to_numpy(dtype=object) if "label" in paths.columns else np.full(len(out), None)
         for i in np.flatnonzero(one_sided):
             row = out.iloc[i]
+            label = labels[i]
             val = float("nan")
             if "diagonal_mm" in out.columns and np.isfinite(row["diagonal_mm"]):
                 val = float(row["diagonal_mm"])
@@ -330,13 +338,13 @@ def apply_empty_policy(
                 val = float(row["hd95"])
             elif diagonal is not None:
                 val = float(diagonal(row))
-            elif "label" in out.columns and isinstance(row["label"], str) and row["label"]:
-                if row["label"] not in cache:
+            elif isinstance(label, str) and label.strip() not in ("", "nan", "None"):
+                if label not in cache:
                     try:
-                        cache[row["label"]] = label_diagonal_mm(row["label"])
+                        cache[label] = label_diagonal_mm(label)
                     except (FileNotFoundError, OSError, ValueError):
-                        cache[row["label"]] = float("nan")
-                val = cache[row["label"]]
+                        cache[label] = float("nan")
+                val = cache[label]
             diag[i] = val
         for col in dist_cols:
             out.loc[one_sided, col] = diag[one_sided]
@@ -402,6 +410,31 @@ def sensitivity_table(
                                        "value_exclude", "delta", "policy_run"])
 
 
+#: Path columns of the contract and the other names writers use for them (first present wins).
+PATH_ALIASES: dict[str, tuple[str, ...]] = {
+    "image": ("image", "image_path", "image_file"),
+    "label": ("label", "label_path", "ref_file"),
+    "prediction": ("prediction", "prediction_path", "pred_file"),
+}
+
+
+def with_path_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with ``image``, ``label`` and ``prediction`` columns filled from their aliases."""
+    out = df
+    for name, aliases in PATH_ALIASES.items():
+        found = [a for a in aliases if a in df.columns]
+        if not found:
+            continue
+        if out is df:
+            out = df.copy()
+        col = out[found[0]].astype(object)
+        for alias in found[1:]:
+            empty = col.isna() | col.astype(str).str.strip().isin(["", "nan", "None"])
+            col = col.where(~empty, out[alias])
+        out[name] = col
+    return out
+
+
 def select_cases(df: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """The best, median and worst case per model x view by the case's mean ``metric`` over organs.
 
@@ -412,9 +445,9 @@ def select_cases(df: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
         Columns ``model, view, which, case_id, subject_id, score`` plus ``image, label, prediction``
         when the table has them; ``which`` is ``best``, ``median`` or ``worst``.
     """
-    df = normalise(df)
+    df = with_path_columns(normalise(df))
     d = df[np.isfinite(df[metric].to_numpy(np.float64))]
-    path_cols = [c for c in ("image", "label", "prediction") if c in df.columns]
+    path_cols = [c for c in PATH_ALIASES if c in df.columns]
     rows = []
     higher = HIGHER_IS_BETTER.get(metric, True)
     for (model, view), g in d.groupby(["model", "view"], sort=False):

@@ -253,7 +253,11 @@ def overlay_figures(
     cache: dict[tuple[str, str, str], CasePlanes | None] = {}
     for (model, view), g in selected.groupby(["model", "view"], sort=False):
         rows = []
-        for _, r in g.iterrows():
+        # one row per distinct case: with few cases, best, median and worst may be the same one
+        merged = g.groupby("case_id", sort=False).agg(which=("which", " = ".join), score=("score", "first"),
+                                                      image=("image", "first"), label=("label", "first"),
+                                                      prediction=("prediction", "first")).reset_index()
+        for _, r in merged.iterrows():
             key = (str(r["image"]), str(r["label"]), str(r["prediction"]))
             if key not in cache:
                 try:

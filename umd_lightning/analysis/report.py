@@ -329,7 +329,8 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
         "models": ", ".join(map(str, ameta.get("models", []))),
         "subjects / rows": f"{ameta.get('n_subjects', '?')} / {ameta.get('n_rows', '?')}",
         "empty-mask policy": ameta.get("empty_policy", rmeta.get("empty_policy", "?")),
-        "HD95 definition": rmeta.get("hd_definition", "?"),
+        "HD definition": str(rmeta.get("hd_definition", "?"))
+        + (f", percentile {rmeta['hd_percentile']:g}" if isinstance(rmeta.get("hd_percentile"), (int, float)) else ""),
         "NSD tolerance (mm)": rmeta.get("nsd_tolerance_mm", "?"),
         "organ set": rmeta.get("organ_set", "?"),
         "bootstrap": f"{ameta.get('n_boot', '?')} resamples, seed {ameta.get('seed', '?')}, "
@@ -352,7 +353,7 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
     if vs is not None and not vs.empty:
         cols = [c for c in ("model", "view", "n_rows", "dice_mean", "dice_median", "dice_q1", "dice_q3",
                             "dice_iqr", "hd95_median", "nsd_median", "failure_rate", "missed_rate",
-                            "n_both_empty", "n_failed") if c in vs.columns]
+                            "n_both_empty", "n_not_predicted", "n_failed") if c in vs.columns]
         parts.append(_table_html(vs[vs["organ"] == "all"][cols]))
         parts.append("<details><summary>per organ</summary>" + _table_html(vs) + "</details>")
     else:
