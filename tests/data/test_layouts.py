@@ -427,12 +427,16 @@ def test_main_job_runs_on_a_folder_of_real_scans(real_cases, tmp_path):
             sys.executable, "-m", "umd_lightning", "+experiment=zero_shot_pet", "data=pattern", f"data.root={root}",
             "data.source.options.label_map={CT:total,MRI:total_mr}",
             f"paths.output_dir={out}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'hydra'}",
-            "logger=csv", "model.roi_size=[32,32,32]", "trainer.accelerator=cpu", *no_ckpt,
+            "logger=csv", "model.roi_size=[32,32,32]", "model.target_spacing=[6.0,6.0,8.0]", "trainer.accelerator=cpu",
+            *no_ckpt,
         ],
         capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ, "WANDB_MODE": "offline"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    tables = list(out.rglob("*.csv")) + list(out.rglob("*.parquet"))
-    assert tables, f"no results table under {out}"
-    text = "\n".join(p.read_text() for p in out.rglob("*.csv"))
-    assert "ct01" in text and "mr01" in text
+    import pandas as pd
+
+    table = pd.read_csv(out / "results.csv")
+    # One row per case x organ, both real cases evaluated (none failed), against the converted labels.
+    assert sorted(table.case_id.unique()) == ["ct01_CT", "mr01_MRI"]
+    assert len(table) == 2 * len(UMD13.labels) and "failed" not in set(table.status)
+    assert all("/labels/umd13-total" in p for p in table.label_path)
