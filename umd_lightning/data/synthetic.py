@@ -46,7 +46,7 @@ from scipy import ndimage
 from umd_lightning.organs import SESSION_VIEWS, UMD13
 
 #: Bump when the generated images change for the same config, so cached cohorts are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: Written last into a cohort folder by :func:`ensure_cohort`; its absence means "incomplete".
 COMPLETE_MARKER = "COMPLETE"
 _STALE_TMP_S = 6 * 3600
@@ -139,7 +139,7 @@ CT_HU: dict[str, tuple[float, float]] = {
     "myocardium": (40, 55), "liver": (50, 65), "spleen": (40, 50), "kidney_cortex": (25, 40),
     "kidney_pelvis": (0, 20), "pancreas": (35, 50), "stomach_wall": (30, 50), "esophagus_wall": (30, 50),
     "colon_wall": (30, 50), "colon_wall_hot": (30, 50), "bowel_wall": (30, 50), "gas": (-1000, -950), "bowel_fluid": (0, 20),
-    "feces": (-120, 10), "urine": (0, 20),
+    "feces": (-60, 20), "urine": (0, 20),
 }  # fmt: skip
 #: T1-weighted relative intensity (fat ~ 1), drawn per subject.
 MRI_T1: dict[str, tuple[float, float]] = {
@@ -423,7 +423,17 @@ _JITTERED = (
 
 
 def draw_subject(index: int, rng: np.random.Generator, lesion_range: tuple[int, int]) -> Subject:
-    """Draw one subject's anatomy and tissue values from its own generator."""
+    """Draw one subject's anatomy and tissue values from its own generator.
+
+    Args:
+        index: subject index (kept in the result; the draws depend only on ``rng``).
+        rng: the subject's generator.
+        lesion_range: inclusive range of the number of hot lesions.
+
+    Returns:
+        The subject: body-frame shapes (reference anatomy scaled by body size, each organ jittered
+        in size by about +-11 % and in position by up to 7 mm), tissue values per modality, lesions.
+    """
     sx = rng.uniform(0.92, 1.08)
     bs = np.array([sx, sx * rng.uniform(0.95, 1.05), rng.uniform(0.96, 1.04)])
     fat_mm, muscle_mm = rng.uniform(10, 26), rng.uniform(8, 14)
@@ -576,7 +586,14 @@ def _draw_lesions(rng: np.random.Generator, subject: Subject, lesion_range: tupl
 
 
 def draw_session(name: str, rng: np.random.Generator, subject: Subject, deformation_mm: tuple[float, float]) -> Session:
-    """Pose, deformation and the session-specific contents (bladder, bowel, uptake)."""
+    """Pose, deformation and the session-specific contents (bladder, bowel, uptake).
+
+    Args:
+        name: ``petct`` (pose near the scanner axes) or ``petmri`` (rotated 2-5 degrees, shifted 12-30 mm).
+        rng: the session's generator.
+        subject: the subject scanned.
+        deformation_mm: range of the smooth deformation's amplitude.
+    """
     if name == "petct":
         rot = rotation_matrix(rng.uniform(-2, 2, 3))
         shift = rng.uniform(-10, 10, 3)
@@ -1023,6 +1040,14 @@ def _scan_center(pose: Pose, subject: Subject, fov_z: float, rng: np.random.Gene
 def generate_subject(out_dir: str | Path, config: CohortConfig, index: int) -> list[dict[str, str]]:
     """Draw and write subject ``index``; return its four manifest rows.
 
+    Args:
+        out_dir: cohort folder; the subject goes to ``out_dir/syn{index:03d}``.
+        config: cohort config (seed, grids, physics).
+        index: subject index.
+
+    Returns:
+        Manifest rows (CT, PET_CT, MRI, PET_MRI) with paths relative to ``out_dir``.
+
     Raises:
         RuntimeError: if a label map misses an organ (the geometry or the FOV is wrong).
     """
@@ -1138,6 +1163,11 @@ def ensure_cohort(cache_root: str | Path, config: CohortConfig = CohortConfig(),
     A cohort is complete when its marker file exists; the marker is written last, inside a
     temporary folder that is then renamed into place, so an interrupted or concurrent generation
     never leaves a folder that looks complete. An incomplete folder is regenerated.
+
+    Args:
+        cache_root: folder holding one sub-folder per config.
+        config: what to generate.
+        workers: processes used when generating.
 
     Returns:
         The manifest path.
