@@ -158,3 +158,33 @@ def test_wandb_frame_makes_mixed_columns_text():
     out = wandb_frame(df)
     assert out["err"].tolist() == ["", "boom"]
     assert out["ok"].dtype == bool and out["n"].dtype == np.int64 and np.isnan(out["a"][1])
+
+
+@pytest.mark.slow
+def test_zero_shot_pet_run_writes_its_analysis_and_wandb_run_by_default(compose_cfg):
+    """The real job, tiny: discrepancy.csv, figures and report.html, and the offline wandb run's files."""
+    pytest.importorskip("umd_lightning.lit.run")
+    import wandb
+
+    from umd_lightning.config import package_file
+    from umd_lightning.lit.run import run
+
+    no_ckpt = [] if Path(package_file("checkpoints/unet_ct.pt")).is_file() else ["model.checkpoint=null"]
+    cfg = compose_cfg("+experiment=zero_shot_pet", "logger=wandb", "trainer.accelerator=cpu", *no_ckpt)
+    targets = {str(c.get("_target_", "")) for c in (cfg.callbacks or {}).values() if c}
+    if not any(t.endswith("DiscrepancyCallback") for t in targets):
+        pytest.skip("DiscrepancyCallback is not in the zero_shot_pet callbacks yet (conf/callbacks, lead's wiring)")
+    try:
+        run(cfg)
+    finally:
+        wandb.finish()
+    out = Path(cfg.paths.output_dir)
+    assert (out / "discrepancy.csv").is_file() and (out / "report.html").is_file()
+    pngs = {p.stem for p in (out / "figures").glob("*.png")}
+    assert {"slope_unet_ct_dice", "heatmap_unet_ct_dice", "forest_unet_ct_dice", "reported_vs_measured"} <= pngs
+    run_dirs = list((out / "wandb").glob("offline-run-*"))
+    assert len(run_dirs) == 1 and list(run_dirs[0].glob("run-*.wandb"))
+    tables = {p.name.rsplit("_", 2)[0] for p in (run_dirs[0] / "files" / "media" / "table").rglob("*.table.json")}
+    assert {"results", "discrepancy"} <= tables
+    for name in pngs:
+        assert media(run_dirs[0], "images", f"analysis/figures/{name}"), name

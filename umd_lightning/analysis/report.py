@@ -283,7 +283,12 @@ def _table_html(df: pd.DataFrame | None, highlight: str | None = None, digits: i
         for c in cols:
             v = row[c]
             if isinstance(v, (float, np.floating)):
-                text = "&ndash;" if not np.isfinite(v) else (f"{v:.2e}" if 0 < abs(v) < 10 ** -digits else f"{v:.{digits}f}")
+                if not np.isfinite(v):
+                    text = "&ndash;"
+                elif 1e-12 < abs(v) < 10 ** -digits:  # small p-values stay readable
+                    text = f"{v:.2e}"
+                else:
+                    text = f"{0.0 if abs(v) <= 1e-12 else v:.{digits}f}"
             else:
                 text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else html.escape(str(v))
             cells.append(f"<td>{text}</td>")
@@ -377,7 +382,15 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
     parts.append("<h2>Generalisation gap (reported - measured Dice)</h2>" + _table_html(t["generalisation_gap"]))
     parts.append("<h2>Sensitivity to the empty-mask policy</h2><p>Headline numbers with one-sided empty "
                  "rows (missed / false positive) scored as worst case versus excluded; delta = exclude - "
-                 "worst.</p>" + _table_html(t["sensitivity"]))
+                 "worst.</p>")
+    sens = t["sensitivity"]
+    if sens is not None and not sens.empty and "metric" in sens.columns:
+        parts.append(_table_html(sens[sens["metric"] == "dice"]))
+        rest = sens[sens["metric"] != "dice"]
+        if len(rest):
+            parts.append("<details><summary>other metrics</summary>" + _table_html(rest) + "</details>")
+    else:
+        parts.append(_table_html(sens))
 
     fig_dir = run_dir / FIGURE_DIR
     pngs = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
