@@ -242,3 +242,18 @@ def test_select_cases_takes_paths_from_their_aliases():
     sel = select_cases(df).set_index("which")
     assert sel.loc["best", ["image", "label", "prediction"]].tolist() == ["/i1.nii.gz", "/l1.nii.gz", "/p1.nii.gz"]
     assert sel.loc["worst", "label"] == "/l2.nii.gz"
+
+
+def test_read_results_keeps_text_ids_and_reads_parquet_embedded_meta(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = paired_table()
+    df["subject_id"] = df["subject_id"].str.replace("s", "00")  # "001": must stay text
+    df.to_csv(tmp_path / "results.csv", index=False)
+    got, meta = read_results(tmp_path / "results.csv")
+    assert meta == {} and got["subject_id"].iloc[0] == "001"
+    arrow = pa.Table.from_pandas(df, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({**arrow.schema.metadata, b"umd_lightning.meta": b'{"empty_policy": "exclude"}'})
+    pq.write_table(arrow, tmp_path / "only.parquet")
+    assert read_results(tmp_path / "only.parquet")[1] == {"empty_policy": "exclude"}

@@ -2,7 +2,7 @@
 
 The writer lives in ``umd_lightning.metrics.table``; analysis may not import it (imports point one
 way), so this is a small reader of the same on-disk format: ``results.csv`` or ``results.parquet``
-beside ``results.meta.json``.
+beside ``results.meta.json`` (a Parquet file also carries the metadata in its schema).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import pandas as pd
 REQUIRED_COLUMNS: tuple[str, ...] = ("model", "subject_id", "view", "case_id", "organ", "dice", "status")
 METRIC_COLUMNS: tuple[str, ...] = ("dice", "hd95", "nsd", "assd")
 EMPTY_POLICIES: tuple[str, ...] = ("worst", "exclude")
+#: Columns read from CSV as text whatever they look like.
+TEXT_COLUMNS: tuple[str, ...] = ("model", "subject_id", "session", "view", "case_id", "organ", "status")
+#: Where the results writer also embeds the metadata in a Parquet file's schema.
+PARQUET_META_KEY = b"umd_lightning.meta"
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -50,21 +54,28 @@ def read_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         path: ``.csv`` / ``.parquet`` file or a run folder that holds one.
 
     Returns:
-        ``(table, meta)``; ``meta`` is ``{}`` when the sidecar is missing.
+        ``(table, meta)``; ``meta`` comes from the sidecar, else from the Parquet schema, else ``{}``.
 
     Raises:
         FileNotFoundError: if the table is missing.
         ValueError: if the file type is unknown or required columns are absent.
     """
     path = resolve_results_path(path)
+    embedded: dict[str, Any] = {}
     if path.suffix == ".parquet":
-        df = pd.read_parquet(path)
+        import pyarrow.parquet as pq
+
+        arrow = pq.read_table(path)
+        raw = (arrow.schema.metadata or {}).get(PARQUET_META_KEY)
+        embedded = json.loads(raw) if raw else {}
+        df = arrow.to_pandas()
     elif path.suffix == ".csv":
-        df = pd.read_csv(path)
+        # ids stay text: a case id "001" must not become the number 1
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})
     else:
         raise ValueError(f"{path}: expected a .csv or .parquet results table")
     meta_path = sidecar_path(path)
-    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else embedded
     validate_results(df, source=str(path))
     return df, meta
 
