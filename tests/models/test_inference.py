@@ -14,6 +14,15 @@ from monai.inferers import sliding_window_inference
 from umd_lightning.models.inference import plan_windows, sliding_window_labels, tta_flips
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors: with other jobs on the machine, OpenMP hand-offs cost more than the work.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_net(in_channels: int = 2, classes: int = 5, seed: int = 0) -> torch.nn.Module:
     """A random 3x3x3 two-layer net: logits depend on the neighbourhood, so border windows differ."""
     torch.manual_seed(seed)
@@ -230,3 +239,67 @@ def test_bad_inputs_name_the_problem():
         sliding_window_labels(torch.zeros(1, 1, 8, 8, 8), net, 4, overlap=1.0)
     with pytest.raises(ValueError, match="mode"):
         sliding_window_labels(torch.zeros(1, 1, 8, 8, 8), net, 4, mode="mean")
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event on a CPU-only machine; every other query() says 'not yet'."""
+
+    calls = 0
+
+    def record(self, stream=None):
+        self.recorded = True
+
+    def query(self):
+        _FakeEvent.calls += 1
+        return _FakeEvent.calls % 2 == 0
+
+    def synchronize(self):
+        assert self.recorded
+
+
+class _FakeStream:
+    def __init__(self, device=None):
+        self.waited = []
+
+    def wait_event(self, event):
+        assert event.recorded
+        self.waited.append(event)
+
+
+def test_cuda_pipeline_logic_on_cpu(monkeypatch, tmp_path):
+    # The pinned-memory / side-stream pipeline cannot run here; drive its bookkeeping (two staging
+    # slots, batched label copies unpacked later by offset, probabilities) with stand-ins for the
+    # CUDA primitives, and check it gives the plain CPU path's answer.
+    import contextlib
+
+    from umd_lightning.models import inference
+
+    real_empty = torch.empty
+
+    def empty(*args, pin_memory=False, **kwargs):
+        return real_empty(*args, **kwargs)
+
+    current = _FakeStream()
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(torch, "empty", empty)
+
+    torch.manual_seed(9)
+    image = torch.randn(1, 2, 23, 19, 26)
+    net = small_net(classes=4)
+    cpu = torch.device("cpu")
+    plan = inference.plan_windows((23, 19, 26), (10, 8, 12), 0.5, 3)
+    from monai.data.utils import compute_importance_map
+
+    importance = compute_importance_map((10, 8, 12), mode="gaussian", device=cpu)
+    amp = contextlib.nullcontext
+    path = tmp_path / "p.npy"
+    piped = inference._run(image, net, plan, cpu, importance, [], amp, path, False, cuda=True)
+    probs = np.load(path)
+    plain = inference._run(image, net, plan, cpu, importance, [], amp, tmp_path / "q.npy", False, cuda=False)
+    assert torch.equal(piped, plain)
+    np.testing.assert_array_equal(probs, np.load(tmp_path / "q.npy"))
+    assert len(current.waited) == -(-plan.num_windows // 3)  # the network waited for each batch's copy
+    assert_same_labels(piped, monai_scores(image, net, (10, 8, 12), 0.5, "gaussian", sw_batch_size=3))

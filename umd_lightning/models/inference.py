@@ -318,6 +318,12 @@ def _predict(
     return acc.div_(len(flips) + 1)
 
 
+def _weighted(logits: torch.Tensor, x: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K, *roi) times the importance map (*roi), in place when the tensor is a fresh one."""
+    fresh = logits.is_contiguous() and logits.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    return logits.mul_(importance) if fresh else logits * importance
+
+
 def _amp_context(device: torch.device, autocast: bool | torch.dtype) -> Callable[[], contextlib.AbstractContextManager]:
     if autocast is False or autocast is None:
         return contextlib.nullcontext
@@ -491,7 +497,7 @@ class _CudaSink:
     def end_batch(self) -> None:
         if self.cells:
             regions = [c[0] for c in self.cells]
-            labels = torch.cat([c[1].reshape(-1) for c in self.cells])
+            labels = torch.cat([c[1].reshape(-1) for c in self.cells]).to(self.out.dtype)  # int64 -> uint8
             probs = torch.cat([c[2].reshape(-1) for c in self.cells]) if self.writer is not None else None
             self.cells = []
             ready = torch.cuda.Event()
@@ -540,8 +546,10 @@ class _CudaSink:
 class _Blender:
     """Adds weighted window logits into per-cell buffers and argmaxes each cell when its last window is in.
 
-    ``importance`` None means constant blending: plain sums, and the weight sum of a cell is its
-    window count.
+    The logits come already multiplied by the importance map (as MONAI does, one vectorised
+    multiply per batch); ``importance`` is kept for the weight sums that saved probabilities need.
+    ``importance`` None means constant blending: plain sums, and a cell's weight sum is its window
+    count.
     """
 
     def __init__(self, plan: WindowPlan, importance: torch.Tensor | None, sink, with_probs: bool) -> None:
@@ -561,36 +569,28 @@ class _Blender:
         return cells
 
     def add(self, window: int, logits: torch.Tensor) -> None:
-        """Blend one window's logits (K, *roi) into its cells."""
+        """Blend one window's importance-weighted logits (K, *roi) into its cells."""
         for c0, c1, c2 in itertools.product(*(self._axis_cells(window, a) for a in range(3))):
             key = (c0[0], c1[0], c2[0])
             region = (c0[1], c1[1], c2[1])
             inner = (c0[2], c1[2], c2[2])
             part = logits[(slice(None), *inner)]
-            if self.plan.cover[key] == 1:
-                # One window only: its blend is its own logits (weight / weight).
-                self._finish(key, region, part, None)
+            track = self.with_probs and self.importance is not None
+            if self.plan.cover[key] == 1:  # one window only: no buffer
+                self._finish(key, region, part, self.importance[inner] if track else None)
                 continue
-            weight = None if self.importance is None else self.importance[inner]
             scores = self.scores.get(key)
             if scores is None:
                 # A new contiguous buffer (never a view that would keep the logits batch alive).
-                if weight is None:
-                    scores = torch.clone(part, memory_format=torch.contiguous_format)
-                else:
-                    scores = part * weight
-                self.scores[key] = scores
+                scores = self.scores[key] = torch.clone(part, memory_format=torch.contiguous_format)
                 self.live += scores[0].numel()
                 self.peak = max(self.peak, self.live)
-                if self.with_probs and weight is not None:
-                    self.weights[key] = weight.clone(memory_format=torch.contiguous_format)
+                if track:
+                    self.weights[key] = self.importance[inner].clone(memory_format=torch.contiguous_format)
             else:
-                if weight is None:
-                    scores.add_(part)
-                else:
-                    scores.addcmul_(part, weight)
-                    if self.with_probs:
-                        self.weights[key] += weight
+                scores.add_(part)
+                if track:
+                    self.weights[key] += self.importance[inner]
             self.remaining[key] -= 1
             if self.remaining[key] == 0:
                 del self.scores[key]
@@ -690,15 +690,31 @@ def sliding_window_labels(
     importance = None
     if mode == "gaussian":  # constant weights are all 1: sums without the multiplications
         importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=dev, dtype=torch.float32)
-    cuda = dev.type == "cuda"
-    stager = (_CudaStager if cuda and image.device.type == "cpu" else _Stager)(image, plan, dev)
+    return _run(image, predictor, plan, dev, importance, flips, amp, save_probabilities, progress, dev.type == "cuda")
 
+
+def _run(
+    image: torch.Tensor,
+    predictor: Predictor,
+    plan: WindowPlan,
+    dev: torch.device,
+    importance: torch.Tensor | None,
+    flips: list[tuple[int, ...]],
+    amp: Callable[[], contextlib.AbstractContextManager],
+    save_probabilities: str | Path | None,
+    progress: bool,
+    cuda: bool,
+) -> torch.Tensor:
+    """The streaming loop; ``cuda`` selects the pinned-memory / side-stream pipeline."""
+    roi = plan.roi_size
+    stager = (_CudaStager if cuda and image.device.type == "cpu" else _Stager)(image, plan, dev)
     out: torch.Tensor | None = None
     writer: _ProbabilityWriter | None = None
     blender: _Blender | None = None
     sink: _CpuSink | _CudaSink | None = None
     num_classes = 0
-    batches = [plan.order[i : i + sw_batch_size].tolist() for i in range(0, plan.num_windows, sw_batch_size)]
+    size = plan.sw_batch_size
+    batches = [plan.order[i : i + size].tolist() for i in range(0, plan.num_windows, size)]
     if progress:
         from monai.utils import optional_import
 
@@ -724,6 +740,8 @@ def sliding_window_labels(
                         f"sliding window: the predictor returned {logits.shape[1]} channels after {num_classes}"
                     )
                 logits = logits.to(dev)
+                if importance is not None:
+                    logits = _weighted(logits, x, importance)
                 for b, w in enumerate(windows):
                     blender.add(w, logits[b])
                 del logits, x
