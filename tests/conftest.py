@@ -21,8 +21,10 @@ TINY_OVERRIDES = [
     "data.source.workers=1",
     "data.splits.n_test=1",
     "data.patch_size=[32,32,32]",
+    "data.batch_size=2",
     "data.samples_per_volume=2",
     "model.roi_size=[32,32,32]",
+    "model.target_spacing=[9.0,9.0,12.0]",
     "logger=csv",
 ]
 

@@ -24,8 +24,8 @@ def load_source(source: Mapping[str, Any], cache_dir: str | Path) -> Manifest:
     """Build the manifest a data config describes.
 
     ``source.layout`` is ``synthetic`` (the built-in cohort, generated once into ``cache_dir``),
-    ``manifest`` (a CSV/JSON file at ``source.path``), or a dataset layout known to
-    :mod:`umd_lightning.data.layouts` (``source.root`` and ``source.options``).
+    or a dataset layout known to :mod:`umd_lightning.data.layouts` (``manifest``, ``nnunet``,
+    ``autopet``, ``pattern``...: ``source.root`` and ``source.options``).
     """
     layout = source.get("layout", "synthetic")
     if layout == "synthetic":
@@ -34,11 +34,12 @@ def load_source(source: Mapping[str, Any], cache_dir: str | Path) -> Manifest:
         fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in source.items() if k not in ("layout", "workers")}
         path = ensure_cohort(Path(cache_dir) / "synthetic", CohortConfig(**fields), workers=int(source.get("workers", 1)))
         return read_manifest(path)
-    if layout == "manifest":
-        return read_manifest(source["path"])
     from umd_lightning.data.layouts import load_layout
 
-    return load_layout(layout, source["root"], **dict(source.get("options") or {}))
+    root = source.get("root") or source.get("path")
+    if not root:
+        raise ValueError(f"data source {layout!r} needs a root (data.root=DIR or data.source.root=DIR)")
+    return load_layout(layout, root, **dict(source.get("options") or {}))
 
 
 class UMDDataModule(L.LightningDataModule):
@@ -175,8 +176,8 @@ class UMDDataModule(L.LightningDataModule):
                         "anat": str(anat.image),
                         "pet": str(pet.image),
                         "label": str(anat.label),
-                        "anat_view": anat_view,
-                        "pet_view": pet_view,
+                        "view_of_anat": anat_view,
+                        "view_of_pet": pet_view,
                         "use_anat": use_anat,
                         "use_pet": use_pet,
                         "subject_id": subject,

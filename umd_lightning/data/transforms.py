@@ -150,7 +150,7 @@ def paired_load_transforms(
 ) -> Compose:
     """Deterministic part of the training pipeline for one session (cached once per run).
 
-    ``{"anat", "pet", "label", "anat_view", "pet_view"}`` paths -> the anatomical scan, its PET resampled
+    ``{"anat", "pet", "label", "view_of_anat", "view_of_pet"}`` paths -> the anatomical scan, its PET resampled
     onto the label grid, and the label, all RAS and (optionally) resampled to ``spacing`` mm.
     """
     keys = ["anat", "pet", "label"]
@@ -162,7 +162,7 @@ def paired_load_transforms(
     if spacing is not None:
         steps.append(Spacingd(keys=keys, pixdim=tuple(spacing), mode=("bilinear", "bilinear", "nearest")))
     steps += [
-        ViewIntensityd(keys=["anat", "pet"], view_keys={"anat": "anat_view", "pet": "pet_view"}, config=intensity),
+        ViewIntensityd(keys=["anat", "pet"], view_keys={"anat": "view_of_anat", "pet": "view_of_pet"}, config=intensity),
         EnsureTyped(keys=["anat", "pet"], dtype=torch.float32, track_meta=False),
         EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),
     ]

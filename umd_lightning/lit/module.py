@@ -87,8 +87,9 @@ class SegmentationModule(L.LightningModule):
         of samples trained on both (for the consistency loss)."""
         use_anat = torch.as_tensor(batch["use_anat"], device=self.device).bool()
         use_pet = torch.as_tensor(batch["use_pet"], device=self.device).bool()
-        inputs = torch.cat([batch["anat"][use_anat], batch["pet"][use_pet]])
-        labels = torch.cat([batch["label"][use_anat], batch["label"][use_pet]])
+        anat, pet, label = (_plain(batch[k]) for k in ("anat", "pet", "label"))
+        inputs = torch.cat([anat[use_anat], pet[use_pet]])
+        labels = torch.cat([label[use_anat], label[use_pet]])
         both = use_anat & use_pet
         anat_rows = torch.cumsum(use_anat.long(), 0)[both] - 1
         pet_rows = int(use_anat.sum()) + torch.cumsum(use_pet.long(), 0)[both] - 1
@@ -148,7 +149,7 @@ class SegmentationModule(L.LightningModule):
             reference = batch["label"][0, 0].cpu()
             if model_image is not image:
                 reference = labels_to_grid(reference, affine, model_image.affine, model_image.shape[1:])
-        pred = self.model.predict_volume(torch.as_tensor(model_image)[None].float(), meta, self.organ_set, reference)
+        pred = self.model.predict_volume(_plain(model_image)[None].float(), meta, self.organ_set, _plain(reference))
         labels = pred.labels.cpu()
         if model_image is not image:
             labels = labels_to_grid(labels, model_image.affine, affine, image.shape[1:])
@@ -160,7 +161,7 @@ class SegmentationModule(L.LightningModule):
         extra = {"model": info.name, "prompt_kind": info.prompt_kind, "oracle": bool(info.oracle)}
         try:
             labels, prompts, affine = self._predict_case(batch)
-            reference = batch["label"][0, 0].cpu()
+            reference = _plain(batch["label"][0, 0]).cpu()
             pred_path = ""
             if self.hparams.save_predictions:
                 pred_path = str(self._save_prediction(labels, affine, meta["case_id"]))
@@ -244,6 +245,11 @@ class SegmentationModule(L.LightningModule):
             self.log(f"test/dice/{view}/{organ}", value, rank_zero_only=True)
         for view, value in table[table.status != "failed"].groupby("view")["dice"].mean().items():
             self.log(f"test/dice/{view}/mean", float(value), rank_zero_only=True)
+
+
+def _plain(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A plain tensor: MONAI's MetaTensor routes every op through Python and slows networks many-fold."""
+    return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
 
 
 def _json_default(obj: Any) -> Any:

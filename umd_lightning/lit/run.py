@@ -49,7 +49,7 @@ def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
         data_hash = hashlib.sha256(manifest.to_frame().to_csv(index=False).encode()).hexdigest()
     checkpoint = OmegaConf.select(cfg, "model.checkpoint")
     payload = {
-        "command": " ".join([Path(sys.executable).name, "-m", "umd_lightning", *sys.argv[1:]]),
+        "command": command_line(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions,
         "python": platform.python_version(),
@@ -63,14 +63,23 @@ def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
     return path
 
 
+def command_line() -> str:
+    """The command that produced this run: Hydra's overrides when launched from the CLI."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    return " ".join(["python -m umd_lightning", *overrides])
+
+
 def export_weights(module: L.LightningModule, path: str | Path, cfg: DictConfig, metrics: dict | None = None) -> Path:
     """Save the network's state dict (loads with weights_only=True) and a JSON of how it was made."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in module.model.net.state_dict().items()}, path)
-    overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    # Half precision halves the shipped file; loading casts back into the network's float32 parameters.
+    state = {k: (v.half() if v.is_floating_point() else v).detach().cpu() for k, v in module.model.net.state_dict().items()}
+    torch.save(state, path)
     card = {
-        "command": "python -m umd_lightning " + " ".join(overrides or sys.argv[1:]),
+        "command": command_line(),
         "seed": int(cfg.seed),
         "sha256": file_sha256(path),
         "network": OmegaConf.to_container(cfg.model.net, resolve=True),
@@ -141,7 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_run_manifest(cfg, out, datamodule)
     if cfg.test:
         datamodule.exclude_cases(finished_cases(out) if cfg.resume else ())
-        trainer.test(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)
         table = module.results_table
         result["results"] = table
         if trainer.is_global_zero and table is not None and len(table):
