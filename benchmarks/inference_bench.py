@@ -94,6 +94,8 @@ def worker(args: argparse.Namespace) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     kind = args.worker
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    amp = torch.autocast(device.type, dtype=amp_dtype, enabled=args.autocast)
     gpu_image = image.to(device) if kind == "net" and cuda else None
     base_rss = _status_kib("VmRSS")
     _reset_peak_rss()
@@ -101,11 +103,18 @@ def worker(args: argparse.Namespace) -> None:
     labels = None
     if kind == "ours":
         labels = sliding_window_labels(
-            image, net, roi, sw_batch_size=args.sw_batch_size, overlap=args.overlap, mode=args.mode, device=device
+            image,
+            net,
+            roi,
+            sw_batch_size=args.sw_batch_size,
+            overlap=args.overlap,
+            mode=args.mode,
+            device=device,
+            autocast=amp_dtype if args.autocast else False,
         )
     elif kind in ("monai", "monai_dev", "monai_cpu"):
         out_device = "cpu" if kind == "monai_cpu" else device
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             scores = sliding_window_inference(
                 image, roi, args.sw_batch_size, net, args.overlap, args.mode, 0.125, sw_device=device, device=out_device
             )
@@ -115,7 +124,7 @@ def worker(args: argparse.Namespace) -> None:
     elif kind == "net":
         plan = plan_windows(tuple(args.size), roi, args.overlap, args.sw_batch_size)
         src = gpu_image if gpu_image is not None else image
-        with torch.inference_mode():
+        with torch.inference_mode(), amp:
             for i in range(0, plan.num_windows, args.sw_batch_size):
                 wins = [
                     src[(0, slice(None), *(slice(int(s), int(s) + r) for s, r in zip(start, roi)))]
@@ -145,7 +154,7 @@ def run_one(kind: str, args: argparse.Namespace, out: Path) -> dict:
         "--size", *map(str, args.size), "--classes", str(args.classes), "--roi", str(args.roi),
         "--sw-batch-size", str(args.sw_batch_size), "--overlap", str(args.overlap), "--mode", args.mode,
         "--device", args.device, "--init-filters", str(args.init_filters),
-    ]  # fmt: skip
+    ] + (["--autocast"] if args.autocast else [])  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -163,7 +172,9 @@ def agreement(a: Path, b: Path) -> float:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--network", nargs="+", default=None, choices=NETWORKS, help="default: conv unet (cpu), segresnet (cuda)")
+    p.add_argument(
+        "--network", nargs="+", default=None, choices=NETWORKS, help="default: conv unet (cpu), segresnet (cuda)"
+    )
     p.add_argument("--size", nargs=3, type=int, default=[400, 512, 512], metavar=("D", "H", "W"))
     p.add_argument("--classes", type=int, default=14)
     p.add_argument("--roi", type=int, default=96)
@@ -171,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--mode", default="gaussian", choices=("gaussian", "constant"))
     p.add_argument("--init-filters", type=int, default=32, help="SegResNet init_filters")
-    p.add_argument("--runs", nargs="+", default=None, help="subset of: net ours monai (cpu) / net ours monai_dev monai_cpu (cuda)")
+    p.add_argument("--autocast", action="store_true", help="run every network under torch.autocast (float16 on CUDA)")
+    p.add_argument(
+        "--runs", nargs="+", default=None, help="subset of: net ours monai (cpu) / net ours monai_dev monai_cpu (cuda)"
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"case: (1, 1, {' x '.join(map(str, args.size))}) -> {args.classes} classes, roi {args.roi}^3, "
         f"sw_batch_size {args.sw_batch_size}, overlap {args.overlap}, {args.mode}, device {args.device}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}{', autocast' if args.autocast else ''}"
         + (f", GPU {torch.cuda.get_device_name(0)}" if cuda else "")
     )
     with tempfile.TemporaryDirectory(prefix="umd_infer_bench_") as tmp:

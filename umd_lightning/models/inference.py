@@ -336,6 +336,24 @@ def _amp_context(device: torch.device, autocast: bool | torch.dtype) -> Callable
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def _single_threaded():
+    """Run the many small per-cell CPU operations on one intra-op thread (the network keeps them all).
+
+    Each multi-threaded operation ends in a thread hand-off; for cell-sized work on a busy machine
+    that hand-off costs more than the work (measured: 2.2x faster aggregation on 2 loaded cores).
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _resolve_device(device: torch.device | str | None, predictor: Predictor) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -639,7 +657,10 @@ def sliding_window_labels(
     ``device`` ``sw_batch_size`` at a time. On a CUDA device the windows pass through pinned memory
     on a side stream while the network runs, the live scores stay on the GPU, and finished labels
     come back on the side stream; GPU memory is the network's plus about (K x overlap x the smallest
-    cross-section) floats.
+    cross-section) floats. On the CPU the network gets all intra-op threads and the per-cell
+    blending runs on one (many small operations: thread hand-offs would cost more than they give).
+    The predictor's output tensor is scaled by the importance map in place when it is a fresh
+    contiguous tensor (as a network's output is); return a copy if you keep a reference to it.
 
     Args:
         image: (1, C, D, H, W) volume, normally on the CPU.
@@ -723,7 +744,8 @@ def _run(
     try:
         with torch.inference_mode():
             for windows in batches:
-                x = stager.put(windows)
+                with _single_threaded():
+                    x = stager.put(windows)
                 logits = _predict(predictor, x, roi, flips, amp)
                 stager.consumed()
                 if blender is None:
@@ -742,10 +764,11 @@ def _run(
                 logits = logits.to(dev)
                 if importance is not None:
                     logits = _weighted(logits, x, importance)
-                for b, w in enumerate(windows):
-                    blender.add(w, logits[b])
-                del logits, x
-                sink.end_batch()
+                with _single_threaded():
+                    for b, w in enumerate(windows):
+                        blender.add(w, logits[b])
+                    del logits, x
+                    sink.end_batch()
             sink.finish()
     finally:
         if writer is not None:
