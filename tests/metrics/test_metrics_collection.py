@@ -64,6 +64,10 @@ def test_update_returns_rows_and_compute_gives_the_table():
     assert list(table["case_id"].unique()) == ["case000", "case001", "case002"]  # sorted, not update order
     expected = pd.DataFrame([r for i in range(3) for r in expected_rows(i)])[table.columns]
     pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+    means = metric.summary()
+    liver_ct = means[(means.view == "CT") & (means.organ == "liver")].iloc[0]
+    assert liver_ct["dice_mean"] == pytest.approx(expected_rows(0)[0]["dice"])  # case 0 is the only CT case
+    assert set(means["n_both_empty"][means.organ == "aorta"]) == {1}
 
 
 def test_batch_update_with_collated_meta():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import doctest
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,6 @@ from scipy.spatial.distance import cdist
 from umd_lightning.metrics import functional as F
 from umd_lightning.metrics.functional import ROW_KEYS, case_metrics, metrics_metadata, volume_diagonal_mm
 from umd_lightning.organs import UMD13, load_label_map
-
-# Real TotalSegmentator test scans (wasserth/TotalSegmentator, tests/reference_files, Apache-2.0).
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
 
 SPACINGS = [(1.0, 1.0, 1.0), (2.0, 0.98, 0.98), (0.7, 1.3, 3.0)]
 
@@ -84,18 +80,42 @@ def test_shifted_box_has_known_distances(spacing, axis):
     assert row["ref_volume_ml"] == pytest.approx(np.prod(size) * voxel_ml)
 
 
-@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5)])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_slabs_across_the_grid(spacing):
+    """Slabs that fill the grid's cross-section (their sides lie on the grid border, which counts as
+    background): a slab of thickness T shifted by k slices has HD95 = HD = k * s_0 and Dice 1 - k/T."""
+    shape, z0, thickness, k = (30, 20, 20), 8, 6, 2
+    ref = np.zeros(shape, bool)
+    pred = np.zeros(shape, bool)
+    ref[z0 : z0 + thickness] = True
+    pred[z0 + k : z0 + k + thickness] = True
+    (row,) = case_metrics(pred, ref, spacing, {1: "x"})
+    (row_max,) = case_metrics(pred, ref, spacing, {1: "x"}, hd_percentile=100.0)
+    assert row["hd95"] == pytest.approx(k * spacing[0], abs=1e-9)
+    assert row_max["hd95"] == pytest.approx(k * spacing[0], abs=1e-9)
+    assert row["dice"] == pytest.approx(1 - k / thickness, abs=1e-12)
+    # Each slab's surface: its two faces and the border ring (4 * 20 - 4 voxels) of each inner slice.
+    # Below the smallest spacing only voxels on both surfaces count: the rings of the T - k shared slices.
+    ring = 4 * 20 - 4
+    surface = 2 * 20 * 20 + (thickness - 2) * ring
+    (tight,) = case_metrics(pred, ref, spacing, {1: "x"}, nsd_tolerance=0.5 * min(spacing))
+    assert tight["nsd"] == pytest.approx((thickness - k) * ring / surface, abs=1e-12)
+    assert row["pred_voxels"] == row["ref_voxels"] == 20 * 20 * thickness
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 0.98, 0.98), (0.8, 1.2, 2.5)])
 def test_concentric_spheres(spacing):
-    """Spheres of radius 12 and 9 mm: surface distances ~3 mm up to the voxelisation (one voxel)."""
-    s = spacing[0]
-    n = int(32 / s)
-    c = (n - 1) / 2.0
-    zz, yy, xx = np.mgrid[:n, :n, :n]
-    r = np.sqrt((zz - c) ** 2 + (yy - c) ** 2 + (xx - c) ** 2) * s
+    """Spheres of radius 12 and 9 mm (in mm, whatever the spacing): surface distances are 3 mm up to
+    the voxelisation, at most one voxel diagonal."""
+    sp = np.asarray(spacing)
+    n = np.ceil(32 / sp).astype(int)
+    grids = np.ogrid[: n[0], : n[1], : n[2]]
+    r = np.sqrt(sum(((g - (k - 1) / 2.0) * s) ** 2 for g, k, s in zip(grids, n, sp)))
     ref, pred = r <= 12.0, r <= 9.0
-    (row,) = case_metrics(pred, ref, spacing, {1: "bladder"}, nsd_tolerance=3.0 + math.sqrt(3) * s)
-    assert abs(row["hd95"] - 3.0) <= math.sqrt(3) * s
-    assert abs(row["assd"] - 3.0) <= math.sqrt(3) * s
+    diag = float(np.linalg.norm(sp))
+    (row,) = case_metrics(pred, ref, spacing, {1: "bladder"}, nsd_tolerance=3.0 + diag)
+    assert abs(row["hd95"] - 3.0) <= diag
+    assert abs(row["assd"] - 3.0) <= diag
     assert row["nsd"] == 1.0  # every distance within 3 mm plus a voxel diagonal
     assert row["dice"] == pytest.approx(2 * 9**3 / (9**3 + 12**3), abs=0.03)
     assert row["ref_volume_ml"] == pytest.approx(4 / 3 * math.pi * 12**3 / 1000, rel=0.03)
@@ -353,11 +373,13 @@ def test_surfel_table_matches_monai(monai_metrics):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 
-def test_real_pair_matches_monai(monai_metrics):
-    """example_seg_fast (prediction) vs example_seg (reference), TotalSegmentator ids mapped to umd13."""
+def test_real_pair_matches_monai(monai_metrics, real_data_dir):
+    """example_seg_fast (prediction) vs example_seg (reference), TotalSegmentator ids mapped to umd13.
+
+    Real TotalSegmentator test scans (wasserth/TotalSegmentator, tests/reference_files, Apache-2.0).
+    """
     nib = pytest.importorskip("nibabel")
-    if not (REAL / "example_seg.nii.gz").is_file():
-        pytest.skip(f"real test scans not found at {REAL}")
+    REAL = real_data_dir
     lm = load_label_map("total")
     ref_img = nib.load(str(REAL / "example_seg.nii.gz"))
     pred_img = nib.load(str(REAL / "example_seg_fast.nii.gz"))

@@ -172,6 +172,10 @@ class CaseMetrics(Metric):
         """
         return records_to_table(self.records)
 
+    def summary(self, by: Sequence[str] = ("view", "organ")) -> pd.DataFrame:
+        """Means per view x organ of the gathered table (see :func:`summary`)."""
+        return summary(self.compute(), by=by)
+
     def metadata(self, **extra: Any) -> dict[str, Any]:
         """The conventions of this metric for the results table's metadata (``results.meta.json``)."""
         return metrics_metadata(**self.options, **extra)

@@ -269,7 +269,9 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     inner[0] = inner[-1] = False
     inner[:, 0] = inner[:, -1] = False
     inner[:, :, 0] = inner[:, :, -1] = False
-    return mask & ~inner
+    np.logical_not(inner, out=inner)
+    inner &= mask  # in place: no third crop-sized array
+    return inner
 
 
 def _crop(labels: np.ndarray, box: tuple[slice, ...] | None, label_id: int) -> _Mask | None:
