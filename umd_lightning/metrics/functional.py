@@ -345,7 +345,7 @@ def _window_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, radius: 
     buf = np.empty_like(rem_flat)
     for delta, length in zip(deltas.tolist(), lengths.tolist()):
         hit = flat_field[np.add(rem_flat, delta, out=buf[: len(rem_flat)])]
-        found = np.flatnonzero(hit)
+        found = hit.nonzero()[0]
         if len(found):
             out[rem_idx[found]] = length
             miss = ~hit
