@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
             _summary(network, results, Path(tmp), cuda)
+            _checks(network, results, Path(tmp), cuda)
 
 
 def _summary(network: str, results: dict, tmp: Path, cuda: bool) -> None:
@@ -236,6 +237,37 @@ def _summary(network: str, results: dict, tmp: Path, cuda: bool) -> None:
         if ref != "net":
             line += f", same label {agreement(tmp / 'ours.npy', tmp / f'{ref}.npy') * 100:.4f}% of voxels"
         print(line, flush=True)
+
+
+def _checks(network: str, results: dict, tmp: Path, cuda: bool) -> None:
+    """The issue's targets, each marked ok / MISSED (a reference that did not run is skipped)."""
+    ours = results.get("ours")
+    if ours is None:
+        return
+    checks = []
+    if cuda:
+        if "net" in results:
+            ok = ours["seconds"] <= 1.10 * results["net"]["seconds"]
+            checks.append(("time within 10% of the network calls alone", ok))
+        ref = results.get("monai_cpu") or results.get("monai_dev")
+        if ref is not None:
+            ok = ours["gpu_peak_gib"] <= ref["gpu_peak_gib"] + 1
+            checks.append((f"GPU peak within 1 GiB of MONAI's ({ref['run']})", ok))
+        ref = results.get("monai_dev") or results.get("monai_cpu")
+        if ref is not None:
+            ok = ours["peak_rss_gib"] <= ref["peak_rss_gib"] + 0.5
+            checks.append((f"host peak within 0.5 GiB of MONAI's ({ref['run']})", ok))
+    elif "monai" in results:
+        ref = results["monai"]
+        checks.append(("peak RSS at most a third of MONAI's", ours["peak_rss_gib"] <= ref["peak_rss_gib"] / 3))
+        checks.append(("peak RSS at most a quarter of MONAI's (aim)", ours["peak_rss_gib"] <= ref["peak_rss_gib"] / 4))
+        checks.append(("time no worse than MONAI's", ours["seconds"] <= ref["seconds"]))
+    for ref in ("monai", "monai_dev", "monai_cpu"):
+        if ref in results:
+            ok = agreement(tmp / "ours.npy", tmp / f"{ref}.npy") >= 0.9999
+            checks.append((f">= 99.99% of voxels with {ref}'s label", ok))
+    for text, ok in checks:
+        print(f"    [{'ok' if ok else 'MISSED'}] {text}", flush=True)
 
 
 if __name__ == "__main__":

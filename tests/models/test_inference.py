@@ -129,7 +129,7 @@ def test_plan_buffer_is_thinner_than_a_window_deep_slab():
     plan = plan_windows((400, 512, 512), 96, 0.25, 4)
     slab = 96 * 400 * 512
     assert plan.peak_buffer_voxels < slab / 2
-    assert plan.peak_buffer_voxels < 400 * 512 * 512 / 15
+    assert plan.peak_buffer_voxels < 400 * 512 * 512 / 10
 
 
 def test_observed_buffer_within_plan(caplog):
