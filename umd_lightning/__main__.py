@@ -14,9 +14,9 @@ from umd_lightning.config import config_dir
 def _user_errors() -> tuple[type[BaseException], ...]:
     from umd_lightning.data.manifest import ManifestError
     from umd_lightning.data.splits import SplitError
-    from umd_lightning.models.adapter import CheckpointError
+    from umd_lightning.models.adapter import CheckpointError, MissingExtraError
 
-    return (ManifestError, SplitError, CheckpointError, FileNotFoundError)
+    return (ManifestError, SplitError, CheckpointError, MissingExtraError, FileNotFoundError)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

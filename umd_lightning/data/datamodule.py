@@ -104,6 +104,7 @@ class UMDDataModule(L.LightningDataModule):
         self.train_subjects_per_view: dict[str, list[str]] = {}
         #: Cases that failed validation: reported as failed rows, never evaluated.
         self.failed: list[Problem] = []
+        self._validated: set[str] = set()
         self._skip: set[str] = set()
         self._train_ds = self._val_ds = None
 
@@ -128,13 +129,21 @@ class UMDDataModule(L.LightningDataModule):
             )
         self.train_subjects_per_view = few_shot(self.splits["train"], self.train_views, self.k_shot, seed=seed)
 
+    def _validate(self, records: Iterable[ScanRecord]) -> None:
+        """Check each record once (only those this stage reads); problems go to ``self.failed``."""
+        todo = [r for r in records if r.case_id not in self._validated]
+        if not self.validate or not todo:
+            return
+        problems = validate_manifest(Manifest(todo, self.manifest.source), self.organ_set, raise_on_error=False)
+        for p in problems:
+            log.error("unusable case %s: %s", p.case_id, p)
+        self.failed.extend(problems)
+        self._validated.update(r.case_id for r in todo)
+
     def setup(self, stage: str | None = None) -> None:
         self._ensure_manifest()
-        if self.validate and not self.failed:
-            self.failed = validate_manifest(self.manifest, self.organ_set, raise_on_error=False)
-            for p in self.failed:
-                log.error("unusable case %s: %s", p.case_id, p)
         if stage in ("fit", None) and self._train_ds is None:
+            self._validate([*self._session_records("train"), *self._session_records("val")])
             bad_train = [p for p in self.failed if p.case_id in {r.case_id for r in self._session_records("train")}]
             if bad_train:
                 listing = "\n".join(f"  {p.case_id}: {p}" for p in bad_train)
@@ -142,6 +151,8 @@ class UMDDataModule(L.LightningDataModule):
             self._train_ds = self._paired_dataset("train")
             if self.splits["val"]:
                 self._val_ds = self._paired_dataset("val")
+        if stage in ("test", "predict", None):
+            self._validate(self._eval_candidates())
 
     def write_splits(self, path: str | Path) -> Path:
         self._ensure_manifest()
@@ -223,17 +234,15 @@ class UMDDataModule(L.LightningDataModule):
         return self._loader(self._val_ds, shuffle=False, batch_size=self.batch_size)
 
     # ------------------------------------------------------------------ evaluation
+    def _eval_candidates(self) -> list[ScanRecord]:
+        subjects, views = set(self.splits["test"]), set(self.eval_views)
+        return [r for r in self.manifest if r.subject_id in subjects and r.view in views]
+
     def eval_records(self) -> list[ScanRecord]:
         """Test cases in a fixed order: every eval view of every test subject, minus failed or finished ones."""
         self._ensure_manifest()
         failed = {p.case_id for p in self.failed}
-        subjects = set(self.splits["test"])
-        views = set(self.eval_views)
-        return [
-            r
-            for r in self.manifest
-            if r.subject_id in subjects and r.view in views and r.case_id not in failed and r.case_id not in self._skip
-        ]
+        return [r for r in self._eval_candidates() if r.case_id not in failed and r.case_id not in self._skip]
 
     def failed_records(self) -> list[tuple[ScanRecord, Problem]]:
         by_case = {r.case_id: r for r in self.manifest}
