@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import traceback
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import lightning as L
 import nibabel as nib
@@ -19,12 +20,17 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
 from umd_lightning.metrics import CaseMetrics
 from umd_lightning.metrics.functional import metrics_metadata
 from umd_lightning.models.resample import labels_to_grid, needs_resampling, to_spacing, voxel_spacing
 from umd_lightning.organs import VIEWS, get_organ_set
 
 log = logging.getLogger(__name__)
+
+# Every rank holds the gathered table and rank 0 logs its means: nothing to sync, so Lightning's advice
+# to sync each test metric under DDP is noise (one warning per organ and view).
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/dice/")
 
 META_KEYS = ("subject_id", "session", "view", "case_id", "image_path", "label_path")
 
@@ -39,6 +45,8 @@ class SegmentationModule(L.LightningModule):
         train_views: views whose images feed the loss (the anatomical scan and/or its PET).
         optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_: true``).
         scheduler: optional partial of a LR scheduler.
+        scheduler_interval: step the scheduler every ``epoch`` or every optimizer ``step`` (few-shot
+            recipes train for a fixed number of steps whatever their epoch length).
         consistency_weight: weight of the paired consistency loss (mean squared difference of softmax
             outputs on the anatomical patch and its PET); 0 disables it.
         nsd_tolerance: NSD tolerance in mm (one value or per organ).
@@ -47,6 +55,14 @@ class SegmentationModule(L.LightningModule):
         save_predictions: write each case's label map as NIfTI into ``<run>/predictions``.
         results_dir: where tables, predictions and the per-case journal go (default: the trainer's
             ``default_root_dir``).
+        augment: a batch augmentation run on the device after transfer, in fit only (e.g.
+            :class:`~umd_lightning.lit.augment.DeviceAugment`); None = none.
+        init_checkpoint: initialise the network from the matching entries of this checkpoint (a
+            foundation model's encoder); a whole checkpoint of the same network is ``model.checkpoint``.
+        init_key: the checkpoint entry that holds the state dict.
+        init_rename: ``{source_prefix: target_prefix}`` for the checkpoint's names.
+        init_strict: every network entry must come from ``init_checkpoint``.
+        freeze: parameter-name prefixes of the network (``model.net``) kept fixed, or ``encoder``.
     """
 
     def __init__(
@@ -56,16 +72,29 @@ class SegmentationModule(L.LightningModule):
         train_views: Sequence[str] = ("CT",),
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         consistency_weight: float = 0.0,
         nsd_tolerance: float | Mapping[str, float] = 2.0,
         empty_policy: str = "worst",
         hd_percentile: float = 95.0,
         save_predictions: bool = True,
         results_dir: str | None = None,
+        augment: nn.Module | None = None,
+        init_checkpoint: str | None = None,
+        init_key: str | None = None,
+        init_rename: Mapping[str, str] | None = None,
+        init_strict: bool = False,
+        freeze: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "augment"])
         self.model = model
+        self.augment = augment
+        net = getattr(model, "net", model)
+        if init_checkpoint:
+            load_matching(net, init_checkpoint, key=init_key, rename=dict(init_rename or {}), strict=init_strict)
+        self.frozen = freeze_parameters(net, list(freeze or ()))
+        self._frozen_modules = frozen_modules(net) if self.frozen else []
         self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
         self.train_views = tuple(train_views)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -81,6 +110,18 @@ class SegmentationModule(L.LightningModule):
     # ------------------------------------------------------------------ fit
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()  # frozen batch norms keep their statistics
+        return self
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The expensive augmentation (affine resampling) runs here, on the device, not in CPU workers.
+        if self.augment is not None and self.trainer is not None and self.trainer.training and isinstance(batch, Mapping):
+            return self.augment(batch)
+        return batch
 
     def _patch_logits(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stack the patches whose views are trained; return logits, labels and the anat/pet row indices
@@ -124,10 +165,16 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self):
         make_opt = self.hparams.optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
-        optimizer = make_opt(params=self.parameters())
+        optimizer = make_opt(params=[p for p in self.parameters() if p.requires_grad])
         if self.hparams.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer)}}
+        interval = self.hparams.get("scheduler_interval", "epoch")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "interval": interval},
+        }
 
     # ------------------------------------------------------------------ evaluation
     @property

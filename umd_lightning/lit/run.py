@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import sys
 from importlib import metadata
@@ -17,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from umd_lightning.data.splits import SplitError
 from umd_lightning.lit.module import finished_cases
 from umd_lightning.organs import VIEWS
 
@@ -48,6 +50,7 @@ def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
     if manifest is not None:
         data_hash = hashlib.sha256(manifest.to_frame().to_csv(index=False).encode()).hexdigest()
     checkpoint = OmegaConf.select(cfg, "model.checkpoint")
+    init_checkpoint = OmegaConf.select(cfg, "module.init_checkpoint")
     payload = {
         "command": command_line(),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -56,11 +59,46 @@ def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
         "platform": platform.platform(),
         "checkpoint": checkpoint,
         "checkpoint_sha256": file_sha256(checkpoint),
+        "init_checkpoint": init_checkpoint,
+        "init_checkpoint_sha256": file_sha256(init_checkpoint),
         "data_manifest_sha256": data_hash,
     }
     path = out / "run_manifest.json"
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def write_or_check_splits(datamodule: Any, path: Path) -> Path:
+    """Write the subject-level split file, or check that the one already in the run folder agrees.
+
+    A resumed run must train and test on the subjects it started with; a folder split differently
+    (another seed, cohort or k_shot) is refused rather than mixed.
+
+    Raises:
+        SplitError: ``path`` exists and holds other splits.
+    """
+    tmp = datamodule.write_splits(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    if path.is_file():
+        new, old = json.loads(tmp.read_text()), json.loads(path.read_text())
+        tmp.unlink()
+        if new != old:
+            raise SplitError(
+                f"{path}: this run folder was split differently (another seed, cohort or k_shot?); "
+                "use a new run folder or the original config"
+            )
+        return path
+    os.replace(tmp, path)
+    return path
+
+
+def data_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiation overrides of the data config: ``k_shot: all`` means every training subject."""
+    k_shot = OmegaConf.select(cfg, "data.k_shot")
+    if isinstance(k_shot, str):
+        if k_shot.lower() not in ("all", "none", "null"):
+            raise ValueError(f"data.k_shot must be a number of subjects or 'all', got {k_shot!r}")
+        return {"k_shot": None}
+    return {}
 
 
 def command_line() -> str:
@@ -128,7 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, **data_kwargs(cfg))
     model = instantiate(cfg.model)
     module = instantiate(cfg.module, model=model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -138,20 +176,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     result: dict[str, Any] = {"output_dir": out}
+    if trainer.is_global_zero:
+        # Before anything runs, so that a killed run's folder says what it was doing.
+        write_or_check_splits(datamodule, out / "splits.json")
+        datamodule.setup("test")
+        write_run_manifest(cfg, out, datamodule)
     if cfg.train:
         last = out / "checkpoints" / "last.ckpt"
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
-        if trainer.is_global_zero:
-            datamodule.write_splits(out / "splits.json")
         if cfg.export_checkpoint and trainer.is_global_zero:
             result["checkpoint"] = export_weights(module, cfg.export_checkpoint, cfg)
-    if trainer.is_global_zero:
-        datamodule.setup("test")
-        write_run_manifest(cfg, out, datamodule)
     if cfg.test:
         datamodule.exclude_cases(finished_cases(out) if cfg.resume else ())
         trainer.test(module, datamodule=datamodule, verbose=False)
         table = module.results_table
+        if table is None and trainer.is_global_zero and (out / "results.parquet").is_file():
+            # ddp_spawn: the table lives in the worker processes; rank 0 wrote it to the run folder
+            from umd_lightning.metrics.table import read_results_table
+
+            table = read_results_table(out / "results.parquet")[0]
         result["results"] = table
         if trainer.is_global_zero and table is not None and len(table):
             print_summary(table)
