@@ -60,7 +60,8 @@ class UMDDataModule(L.LightningDataModule):
         k_shot: training subjects per view (None = all).
         patch_size: training patch (voxels).
         samples_per_volume: patches cut from one cached session per visit.
-        batch_size: training batch size (in patches).
+        batch_size: sessions per training batch; each gives ``samples_per_volume`` patches, so a
+            batch holds ``batch_size * samples_per_volume`` patches.
         num_workers: dataloader workers.
         intensity: per-modality normalisation (:class:`~umd_lightning.data.transforms.IntensityConfig`).
         train_spacing: resample training sessions to this spacing (mm); None keeps the label grid.
@@ -201,13 +202,14 @@ class UMDDataModule(L.LightningDataModule):
         items = self._paired_items(split)
         if not items:
             raise ValueError(f"no {split} sessions hold the views {self.train_views} (subjects {self.splits[split]})")
+        # Flattened: CacheDataset caches up to the first random transform, and a nested Compose counts
+        # as random, which would leave nothing cached and re-read every NIfTI each epoch.
         transform = Compose(
             [
                 paired_load_transforms(self.intensity, self.train_spacing),
                 paired_patch_transforms(self.patch_size, self.samples_per_volume),
             ]
-        )
-        # Cache the deterministic part so an epoch never re-reads NIfTI.
+        ).flatten()
         return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=None, progress=False)
 
     def _loader(self, dataset, *, shuffle: bool, batch_size: int) -> DataLoader:

@@ -1,0 +1,90 @@
+"""UMDDataModule on a tiny cohort: paired patch shapes and alignment, whole-volume eval items, k-shot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from umd_lightning.data.datamodule import UMDDataModule
+from umd_lightning.organs import UMD13, VIEWS
+
+
+def _dm(cache_dir, **kw):
+    source = {"layout": "synthetic", "n_subjects": 3, "scale": 3.0}
+    return UMDDataModule(
+        source, cache_dir=str(cache_dir), splits={"n_test": 1}, patch_size=(32, 32, 32), samples_per_volume=2,
+        batch_size=2, train_spacing=None, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def paired_dm(tiny_cohort, cache_dir):
+    dm = _dm(cache_dir, train_views=["CT", "PET_CT", "MRI", "PET_MRI"])
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_training_batches_are_paired_patches(paired_dm):
+    batch = next(iter(paired_dm.train_dataloader()))
+    # batch_size sessions x samples_per_volume patches each
+    assert batch["anat"].shape == batch["pet"].shape == batch["label"].shape == (4, 1, 32, 32, 32)
+    assert batch["anat"].dtype == torch.float32 and batch["label"].dtype == torch.int64
+    assert set(batch["view_of_anat"]) <= {"CT", "MRI"} and set(batch["view_of_pet"]) <= {"PET_CT", "PET_MRI"}
+    for anat_view, pet_view in zip(batch["view_of_anat"], batch["view_of_pet"]):
+        assert pet_view == f"PET_{anat_view}"
+    # [0, 1] after normalisation, then at most +-10% scaling and +-0.05 shift of augmentation
+    assert float(batch["anat"].min()) >= -0.05 - 1e-6 and float(batch["anat"].max()) <= 1.1 + 0.05 + 1e-6
+
+
+def test_cached_session_pet_lies_on_the_label_grid(paired_dm):
+    """The PET is resampled onto its session's label grid: hot organs (brain, bladder) are hot under their
+    labels, and the lung is cold, in every cached session."""
+    ids = UMD13.ids
+    for item in paired_dm._train_ds._cache:
+        anat, pet, label = item["anat"], item["pet"], item["label"]
+        assert anat.shape == pet.shape == label.shape
+        lab = np.asarray(label[0])
+        pet = np.asarray(pet[0])
+        hot = np.isin(lab, [ids["brain"], ids["urinary_bladder"]])
+        assert pet[hot].mean() > 3 * pet[lab == ids["lung"]].mean()
+
+
+def test_sessions_and_subjects_in_training(paired_dm):
+    items = paired_dm._paired_items("train")
+    assert {i["subject_id"] for i in items} == set(paired_dm.splits["train"])
+    assert {i["session"] for i in items} == {"petct", "petmri"}
+    assert not set(paired_dm.splits["train"]) & set(paired_dm.splits["test"])
+
+
+def test_eval_items_are_whole_volumes_on_the_label_grid(tiny_cohort, cache_dir):
+    dm = _dm(cache_dir)
+    dm.setup("test")
+    items = list(dm.test_dataloader())
+    assert sorted(b["view"][0] for b in items) == sorted(VIEWS)
+    for b in items:
+        assert b["image"].shape == b["label"].shape and b["image"].shape[:2] == (1, 1)
+        assert b["case_id"][0] == f"{b['subject_id'][0]}_{b['view'][0]}"
+        assert b["subject_id"][0] in dm.splits["test"]
+        affine = np.asarray(b["image"].affine[0])
+        # RAS orientation: positive diagonal, whatever the file's orientation (the MRI session is stored LPS)
+        assert np.all(np.diag(affine)[:3] > 0)
+
+
+def test_k_shot_subjects_per_view(tiny_cohort, cache_dir):
+    dm = _dm(cache_dir, train_views=["CT", "PET_CT"], k_shot=1)
+    dm.setup("fit")
+    per_view = dm.train_subjects_per_view
+    assert set(per_view) == {"CT", "PET_CT"} and all(len(v) == 1 for v in per_view.values())
+    items = dm._paired_items("train")
+    assert all(i["session"] == "petct" for i in items)
+    assert sum(i["use_anat"] for i in items) == 1 and sum(i["use_pet"] for i in items) == 1
+
+
+def test_resume_skips_finished_cases(tiny_cohort, cache_dir):
+    dm = _dm(cache_dir)
+    dm.setup("test")
+    first = [r.case_id for r in dm.eval_records()]
+    dm.exclude_cases(first[:2])
+    assert [r.case_id for r in dm.eval_records()] == first[2:]
