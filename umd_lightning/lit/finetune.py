@@ -138,7 +138,9 @@ def load_matching(
     own = net.state_dict()
     loaded = [n for n, v in renamed.items() if n in own and torch.is_tensor(v) and tuple(v.shape) == tuple(own[n].shape)]
     skipped = [n for n in renamed if n not in loaded]
-    missing = [n for n in own if n not in loaded]
+    # A network may list one tensor under two names (DynUNet's skip_layers alias its downsamples).
+    loaded_storage = {own[n].data_ptr() for n in loaded}
+    missing = [n for n in own if n not in loaded and own[n].data_ptr() not in loaded_storage]
     if not loaded:
         raise CheckpointError(
             f"{path}: no entry matches {type(net).__name__} by name and shape "

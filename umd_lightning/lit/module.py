@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # Every rank holds the gathered table and rank 0 logs its means: nothing to sync, so Lightning's advice
 # to sync each test metric under DDP is noise (one warning per organ and view).
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/dice/")
+# The module's on_after_batch_transfer (device augmentation) is meant to win over the data module's.
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
 
 META_KEYS = ("subject_id", "session", "view", "case_id", "image_path", "label_path")
 

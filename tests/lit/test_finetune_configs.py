@@ -1,0 +1,261 @@
+"""Fine-tuning recipes, trainer and launcher configs compose; encoder init, freezing and the device
+augmentation do what they say (checked against MONAI's module structure and torch.rot90)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from monai.networks.nets import DynUNet, UNet
+
+from umd_lightning.lit.augment import DeviceAugment, random_affine_matrices, to_normalised
+from umd_lightning.lit.finetune import encoder_parameter_names, freeze_parameters, load_matching
+from umd_lightning.lit.module import SegmentationModule
+from umd_lightning.models.adapter import CheckpointError
+from umd_lightning.models.networks import MonaiNetworkAdapter
+
+RECIPES = {
+    "finetune_ct": ["CT"],
+    "finetune_pet": ["PET_CT", "PET_MRI"],
+    "finetune_mri": ["MRI"],
+    "finetune_all": ["CT", "PET_CT", "MRI", "PET_MRI"],
+    "finetune_paired": ["CT", "PET_CT", "MRI", "PET_MRI"],
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_composes_and_instantiates(compose_cfg, recipe):
+    cfg = compose_cfg(f"+experiment={recipe}", "data.k_shot=1", tiny=False)  # nothing is loaded here
+    assert cfg.train and cfg.test and cfg.task_name == recipe and cfg.model.name == recipe
+    assert list(cfg.data.train_views) == RECIPES[recipe]
+    assert list(cfg.data.eval_views) == ["CT", "PET_CT", "MRI", "PET_MRI"]
+    assert cfg.model.checkpoint is None  # from scratch unless asked
+    # the same number of patches per step whatever the number of trained views per session
+    views_per_session = 2 if recipe in ("finetune_all", "finetune_paired") else 1
+    assert cfg.data.samples_per_volume * views_per_session * cfg.data.batch_size == 8
+    assert (cfg.module.consistency_weight > 0) == (recipe == "finetune_paired")
+    assert cfg.module.scheduler.total_iters == cfg.trainer.max_steps and cfg.module.scheduler_interval == "step"
+    dm = instantiate(cfg.data)
+    assert dm.k_shot == 1 and dm.train_views == RECIPES[recipe]
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    assert isinstance(module.augment, DeviceAugment) and not module.augment.enabled_on(torch.device("cpu"))
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_transfer_matrix_sweep_composes_every_job(cache_dir, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from umd_lightning.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        sweep = compose("transfer_matrix", overrides=[f"paths.output_dir={tmp_path}"], return_hydra_config=True)
+        params = sweep.hydra.sweeper.params
+        recipes = params["+experiment"].split(",")
+        ks = params["data.k_shot"].split(",")
+        assert sorted(recipes) == sorted(RECIPES) and ks == ["1", "5", "10", "all"]
+        assert str(sweep.hydra.mode) == "RunMode.MULTIRUN"
+        for recipe, k in itertools.product(recipes, ks):
+            cfg = compose("transfer_matrix", overrides=[f"+experiment={recipe}", f"data.k_shot={k}", f"paths.output_dir={tmp_path}"])
+            assert cfg.task_name == recipe and str(cfg.data.k_shot) == k
+    GlobalHydra.instance().clear()
+
+
+def test_k_shot_all_means_every_training_subject(compose_cfg):
+    from umd_lightning.lit.run import data_kwargs
+
+    cfg = compose_cfg("+experiment=finetune_pet", "data.k_shot=all")
+    dm = instantiate(cfg.data, **data_kwargs(cfg))
+    dm.setup("test")
+    assert dm.train_subjects_per_view == {v: dm.splits["train"] for v in ("PET_CT", "PET_MRI")}
+    with pytest.raises(ValueError, match="k_shot"):
+        data_kwargs(compose_cfg("+experiment=finetune_pet", "data.k_shot=most"))
+
+
+@pytest.mark.parametrize("name", ["gpu", "ddp", "ddp_cpu", "slurm"])
+def test_trainer_configs_compose(compose_cfg, monkeypatch, name):
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    cfg = compose_cfg("+experiment=finetune_all", f"trainer={name}")
+    t = cfg.trainer
+    assert t.use_distributed_sampler is False  # evaluation shards cases itself
+    if name == "gpu":
+        assert (t.accelerator, t.devices, t.precision) == ("gpu", 1, "bf16-mixed")
+    elif name == "ddp":
+        assert (t.accelerator, t.strategy, t.devices) == ("gpu", "ddp", -1)
+    elif name == "ddp_cpu":
+        assert (t.accelerator, t.devices, t.strategy) == ("cpu", 2, "ddp_spawn")
+        trainer = instantiate(t, logger=False, callbacks=[])  # builds without starting processes
+        assert trainer.world_size == 2
+    else:
+        assert (t.devices, t.num_nodes, t.strategy) == (4, 2, "ddp")
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        (plugin,) = instantiate(t.plugins)
+        assert isinstance(plugin, SLURMEnvironment) and plugin.auto_requeue
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="hydra-submitit-launcher not installed")
+def test_submitit_launcher_config_composes(cache_dir, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from umd_lightning.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "transfer_matrix",
+            overrides=["hydra/launcher=slurm", "trainer=slurm", f"paths.output_dir={tmp_path}"],
+            return_hydra_config=True,
+        )
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # one SLURM task per GPU: what trainer=slurm's devices read back from SLURM_NTASKS_PER_NODE
+    assert launcher.tasks_per_node == launcher.gpus_per_node and launcher.nodes >= 1
+    assert launcher.timeout_min > 0
+
+
+# ---------------------------------------------------------------------------- init and freezing
+def _unet() -> UNet:
+    torch.manual_seed(0)
+    return UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=0)
+
+
+def test_unet_encoder_is_the_down_path():
+    net = _unet()
+    # MONAI's UNet: model = (down1, SkipConnection(Sequential(down2, SkipConnection(bottom), up2)), up1)
+    down = [net.model[0], net.model[1].submodule[0], net.model[1].submodule[1].submodule]
+    expected = {id(p) for m in down for p in m.parameters()}
+    params = dict(net.named_parameters())
+    got = {id(params[n]) for n in encoder_parameter_names(net)}
+    assert got == expected and len(got) < len(params)
+
+
+def test_freeze_encoder_trains_only_the_decoder():
+    net = _unet()
+    module = SegmentationModule(MonaiNetworkAdapter(net), organ_set={1: "liver", 2: "spleen"},
+                                optimizer=functools.partial(torch.optim.SGD, lr=0.5), freeze=["encoder"])
+    frozen = set(module.frozen)
+    assert frozen == set(encoder_parameter_names(net))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    opt = module.configure_optimizers()
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for n, p in net.named_parameters() if n not in frozen}
+    x = torch.rand(2, 1, 16, 16, 16)
+    y = torch.randint(0, 3, (2, 1, 16, 16, 16))
+    module.loss(module(x), y).backward()
+    opt.step()
+    for name, p in net.named_parameters():
+        assert torch.equal(p, before[name]) == (name in frozen), name
+
+
+def test_freeze_prefix_that_matches_nothing_fails():
+    with pytest.raises(ValueError, match="matches no parameter"):
+        freeze_parameters(_unet(), ["encoder_typo."])
+    with pytest.raises(ValueError, match="not known"):
+        freeze_parameters(torch.nn.Sequential(torch.nn.Conv3d(1, 1, 1)), ["encoder"])
+
+
+def _dynunet(seed: int) -> DynUNet:
+    torch.manual_seed(seed)
+    return DynUNet(3, 1, 3, [3, 3, 3], [1, 2, 2], [2, 2], filters=[4, 8, 16])
+
+
+def test_encoder_init_from_a_renamed_checkpoint(tmp_path):
+    source, target = _dynunet(1), _dynunet(2)
+    encoder = set(encoder_parameter_names(source))
+    # a foundation model's encoder, saved under its own prefix (as the Swin UNETR SSL weights are)
+    state = {f"module.{k}": v for k, v in source.state_dict().items() if k in encoder}
+    state["module.head.weight"] = torch.zeros(7)  # not in the network: skipped
+    path = tmp_path / "encoder.pt"
+    torch.save(state, path)
+    before = {k: v.detach().clone() for k, v in target.named_parameters()}
+    report = load_matching(target, path, rename={"module.": ""})
+    assert set(report["loaded"]) == encoder and report["skipped"] == ["head.weight"]
+    source_params = dict(source.named_parameters())
+    for k, v in target.named_parameters():
+        assert torch.equal(v, source_params[k] if k in encoder else before[k]), k
+    assert not set(report["missing"]) & encoder
+    with pytest.raises(CheckpointError, match="no entry matches"):
+        load_matching(_dynunet(3), path)  # without the rename nothing matches
+    with pytest.raises(CheckpointError, match="not in the checkpoint"):
+        load_matching(_dynunet(3), path, rename={"module.": ""}, strict=True)
+
+
+# ---------------------------------------------------------------------------- device augmentation
+def _paired_batch(n: int = 2, size: int = 12) -> dict:
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 5, (n, 1, size, size, size), generator=g)
+    anat = label.float() / 4
+    return {"anat": anat, "pet": 2 * anat, "label": label, "use_anat": torch.ones(n, dtype=torch.bool)}
+
+
+def _spatial_only(**kw) -> DeviceAugment:
+    return DeviceAugment(p_brightness=0, p_gamma=0, p_noise=0, device_types=("cpu",), **kw)
+
+
+def test_augment_is_off_on_devices_not_named():
+    batch = _paired_batch()
+    out = DeviceAugment(p_affine=1.0)(batch)  # default device_types: cuda only
+    assert all(out[k] is batch[k] for k in ("anat", "pet", "label"))
+
+
+def test_identity_affine_keeps_the_batch():
+    batch = _paired_batch()
+    out = _spatial_only(p_affine=1.0, rotate_deg=(0, 0, 0), scale=(1, 1))(batch)
+    assert torch.equal(out["label"], batch["label"])
+    torch.testing.assert_close(out["anat"], batch["anat"], atol=1e-5, rtol=0)
+
+
+def test_quarter_turn_is_rot90():
+    """A 90 degree rotation about the first grid axis (x = W) through the normalised-coordinate
+    conversion and nearest sampling equals torch.rot90 over (D, H)."""
+    size = 8
+    label = torch.arange(size**3).view(1, 1, size, size, size).float()
+    theta = torch.tensor([[[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0]]])
+    grid = torch.nn.functional.affine_grid(to_normalised(theta, (size,) * 3), [1, 1, size, size, size], align_corners=False)
+    out = torch.nn.functional.grid_sample(label, grid, mode="nearest", align_corners=False)
+    assert torch.equal(out, torch.rot90(label, 1, dims=(2, 3))) or torch.equal(out, torch.rot90(label, -1, dims=(2, 3)))
+
+
+def test_anisotropic_patch_keeps_a_rotation_rigid():
+    # On a (4, 8, 16) patch a 90 degree turn in the (H, W) plane must map voxel offsets, not
+    # normalised ones: the normalised matrix is scaled by the size ratio 16 / 8.
+    theta = torch.tensor([[[0.0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]])
+    norm = to_normalised(theta, (4, 8, 16))
+    assert torch.allclose(norm[0, :, :3], torch.tensor([[0.0, -0.5, 0], [2.0, 0, 0], [0, 0, 1]]))
+
+
+def test_random_affine_shares_geometry_across_keys_and_keeps_label_ids():
+    torch.manual_seed(0)
+    batch = _paired_batch(n=4, size=16)
+    out = _spatial_only(p_affine=1.0, rotate_deg=(30, 30, 30), scale=(0.8, 1.2))(batch)
+    assert not torch.equal(out["label"], batch["label"])
+    # anat and pet went through one affine: pet is still exactly twice anat
+    torch.testing.assert_close(out["pet"], 2 * out["anat"], atol=1e-5, rtol=0)
+    assert set(out["label"].unique().tolist()) <= set(batch["label"].unique().tolist())
+    assert out["label"].dtype == batch["label"].dtype and out["use_anat"] is batch["use_anat"]
+
+
+def test_random_affine_matrices_respect_their_ranges():
+    theta = random_affine_matrices(256, rotate_deg=(0, 0, 0), scale=(0.5, 2.0), translate=0.1, device=torch.device("cpu"))
+    zoom = 1.0 / theta[:, 0, 0]
+    assert torch.allclose(theta[:, :, :3], torch.diag_embed(1.0 / zoom[:, None].expand(-1, 3)))
+    assert zoom.min() >= 0.5 and zoom.max() <= 2.0 and theta[:, :, 3].abs().max() <= 0.1
+
+
+def test_intensity_changes_are_the_configured_ones():
+    batch = _paired_batch()
+    out = DeviceAugment(p_affine=0, p_brightness=1.0, brightness=(2, 2), p_gamma=0, p_noise=0, device_types=("cpu",))(batch)
+    torch.testing.assert_close(out["anat"], 2 * batch["anat"])
+    assert torch.equal(out["label"], batch["label"])
+    out = DeviceAugment(p_affine=0, p_brightness=0, p_gamma=1.0, gamma=(2, 2), p_noise=0, device_types=("cpu",))(batch)
+    torch.testing.assert_close(out["anat"], batch["anat"] ** 2)
