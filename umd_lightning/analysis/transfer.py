@@ -243,6 +243,7 @@ def heatmap(table: pd.DataFrame, title: str | None = None) -> Figure:
     means = wide_matrix(table, "mean")
     lows, highs = wide_matrix(table, "ci_low"), wide_matrix(table, "ci_high")
     metric = str(table["metric"].iloc[0]) if len(table) else "dice"
+    metric = {"dice": "Dice", "nsd": "NSD", "hd95": "HD95 (mm)", "assd": "ASSD (mm)"}.get(metric, metric)
     fig = Figure(figsize=(1.9 * means.shape[1] + 3.2, 0.55 * means.shape[0] + 1.6), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(means.to_numpy(dtype=float), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")

@@ -89,13 +89,21 @@ class SegmentationModule(L.LightningModule):
         freeze: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "augment"])
+        # last.ckpt must load with weights_only=True, which refuses pickled callables (the optimizer and
+        # scheduler partials stay out of the hyperparameters) and OmegaConf containers (made plain here:
+        # save_hyperparameters reads these locals).
+        organ_set, nsd_tolerance = _plain_value(organ_set), _plain_value(nsd_tolerance)
+        train_views, freeze = [str(v) for v in train_views], [str(f) for f in (freeze or ())]
+        init_rename = {str(k): str(v) for k, v in (_plain_value(init_rename) or {}).items()}
+        self.save_hyperparameters(ignore=["model", "augment", "optimizer", "scheduler"])
+        self.make_optimizer = optimizer
+        self.make_scheduler = scheduler
         self.model = model
         self.augment = augment
         net = getattr(model, "net", model)
         if init_checkpoint:
-            load_matching(net, init_checkpoint, key=init_key, rename=dict(init_rename or {}), strict=init_strict)
-        self.frozen = freeze_parameters(net, list(freeze or ()))
+            load_matching(net, init_checkpoint, key=init_key, rename=init_rename, strict=init_strict)
+        self.frozen = freeze_parameters(net, freeze)
         self._frozen_modules = frozen_modules(net) if self.frozen else []
         self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
         self.train_views = tuple(train_views)
@@ -119,7 +127,22 @@ class SegmentationModule(L.LightningModule):
             module.eval()  # frozen batch norms keep their statistics
         return self
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Patch batches cross to the device slimmed: an image no sample trains on stays behind (the PET
+        # of a CT-only recipe), and the label travels as uint8 (an eighth of int64's bytes).
+        if isinstance(batch, Mapping) and "anat" in batch and "use_anat" in batch:
+            batch = dict(batch)
+            for key, use in (("anat", "use_anat"), ("pet", "use_pet")):
+                if batch.get(key) is not None and not bool(torch.as_tensor(batch[use]).any()):
+                    batch[key] = None
+            label = batch.get("label")
+            if isinstance(label, torch.Tensor) and not label.is_floating_point() and self.organ_set.num_classes <= 256:
+                batch["label"] = label.to(torch.uint8)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, Mapping) and isinstance(batch.get("label"), torch.Tensor) and batch["label"].dtype == torch.uint8:
+            batch = {**batch, "label": batch["label"].long()}
         # The expensive augmentation (affine resampling) runs here, on the device, not in CPU workers.
         if self.augment is not None and self.trainer is not None and self.trainer.training and isinstance(batch, Mapping):
             return self.augment(batch)
@@ -130,9 +153,11 @@ class SegmentationModule(L.LightningModule):
         of samples trained on both (for the consistency loss)."""
         use_anat = torch.as_tensor(batch["use_anat"], device=self.device).bool()
         use_pet = torch.as_tensor(batch["use_pet"], device=self.device).bool()
-        anat, pet, label = (_plain(batch[k]) for k in ("anat", "pet", "label"))
-        inputs = torch.cat([anat[use_anat], pet[use_pet]])
-        labels = torch.cat([label[use_anat], label[use_pet]])
+        anat, pet, label = (_plain(batch.get(k)) for k in ("anat", "pet", "label"))
+        # an image no sample trains on may be absent (left on the host by transfer_batch_to_device)
+        images = [(x, use) for x, use in ((anat, use_anat), (pet, use_pet)) if bool(use.any())]
+        inputs = torch.cat([x[use] for x, use in images])
+        labels = torch.cat([label[use] for _, use in images])
         both = use_anat & use_pet
         anat_rows = torch.cumsum(use_anat.long(), 0)[both] - 1
         pet_rows = int(use_anat.sum()) + torch.cumsum(use_pet.long(), 0)[both] - 1
@@ -166,16 +191,16 @@ class SegmentationModule(L.LightningModule):
             self.log("val/dice", torch.stack(dices).mean(), prog_bar=True, sync_dist=True, batch_size=len(labels))
 
     def configure_optimizers(self):
-        make_opt = self.hparams.optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
+        make_opt = self.make_optimizer or (lambda params: torch.optim.AdamW(params, lr=1e-3))
         optimizer = make_opt(params=[p for p in self.parameters() if p.requires_grad])
-        if self.hparams.scheduler is None:
+        if self.make_scheduler is None:
             return optimizer
         interval = self.hparams.get("scheduler_interval", "epoch")
         if interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {interval!r}")
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.hparams.scheduler(optimizer=optimizer), "interval": interval},
+            "lr_scheduler": {"scheduler": self.make_scheduler(optimizer=optimizer), "interval": interval},
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -294,6 +319,13 @@ class SegmentationModule(L.LightningModule):
             self.log(f"test/dice/{view}/{organ}", value, rank_zero_only=True)
         for view, value in table[table.status != "failed"].groupby("view")["dice"].mean().items():
             self.log(f"test/dice/{view}/mean", float(value), rank_zero_only=True)
+
+
+def _plain_value(x: Any) -> Any:
+    """OmegaConf containers (what Hydra passes) as plain dicts and lists."""
+    from omegaconf import Container, OmegaConf
+
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, Container) else x
 
 
 def _plain(x: torch.Tensor | None) -> torch.Tensor | None:

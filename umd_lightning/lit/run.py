@@ -183,7 +183,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_run_manifest(cfg, out, datamodule)
     if cfg.train:
         last = out / "checkpoints" / "last.ckpt"
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+        resume_from = str(last) if cfg.resume and last.is_file() else None
+        if resume_from:
+            log.info("resuming fit from %s", resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         if cfg.export_checkpoint and trainer.is_global_zero:
             result["checkpoint"] = export_weights(module, cfg.export_checkpoint, cfg)
     if cfg.test:
