@@ -190,6 +190,31 @@ def test_encoder_init_from_a_renamed_checkpoint(tmp_path):
         load_matching(_dynunet(3), path, rename={"module.": ""}, strict=True)
 
 
+def test_patch_batch_crosses_slimmed_and_stacks_the_trained_rows():
+    module = SegmentationModule(MonaiNetworkAdapter(_unet()), organ_set={1: "liver", 2: "spleen"})
+    module.model = torch.nn.Identity()  # logits = the stacked inputs
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "anat": torch.rand(3, 1, 4, 4, 4, generator=g), "pet": torch.rand(3, 1, 4, 4, 4, generator=g),
+        "label": torch.randint(0, 3, (3, 1, 4, 4, 4), generator=g),
+        "use_anat": torch.tensor([True, False, True]), "use_pet": torch.tensor([False, False, True]),
+    }
+    moved = module.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert moved["label"].dtype == torch.uint8 and torch.equal(moved["label"].long(), batch["label"])
+    moved = module.on_after_batch_transfer(moved, 0)
+    logits, labels, anat_rows, pet_rows = module._patch_logits(moved)
+    assert torch.equal(logits, torch.cat([batch["anat"][[0, 2]], batch["pet"][[2]]]))
+    assert torch.equal(labels, batch["label"][[0, 2, 2]])
+    # sample 2 trains on both views: rows 1 (its anat) and 2 (its PET) of the stack
+    assert anat_rows.tolist() == [1] and pet_rows.tolist() == [2]
+    # a CT-only batch leaves the PET on the host
+    ct_only = {**batch, "use_anat": torch.ones(3, dtype=torch.bool), "use_pet": torch.zeros(3, dtype=torch.bool)}
+    moved = module.on_after_batch_transfer(module.transfer_batch_to_device(ct_only, torch.device("cpu"), 0), 0)
+    assert moved["pet"] is None
+    logits, labels, anat_rows, _ = module._patch_logits(moved)
+    assert torch.equal(logits, batch["anat"]) and torch.equal(labels, batch["label"]) and len(anat_rows) == 0
+
+
 # ---------------------------------------------------------------------------- device augmentation
 def _paired_batch(n: int = 2, size: int = 12) -> dict:
     g = torch.Generator().manual_seed(0)

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # Every rank holds the gathered table and rank 0 logs its means: nothing to sync, so Lightning's advice
 # to sync each test metric under DDP is noise (one warning per organ and view).
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/dice/")
-# The module's on_after_batch_transfer (device augmentation) is meant to win over the data module's.
-warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer` in `LightningModule`")
+# The module's batch-transfer hooks (slimmed transfer, device augmentation) are meant to win over the data module's.
+warnings.filterwarnings("ignore", message=r"You have overridden `(on_after_batch_transfer|transfer_batch_to_device)` in")
 
 META_KEYS = ("subject_id", "session", "view", "case_id", "image_path", "label_path")
 
@@ -130,38 +130,51 @@ class SegmentationModule(L.LightningModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         # Patch batches cross to the device slimmed: an image no sample trains on stays behind (the PET
         # of a CT-only recipe), and the label travels as uint8 (an eighth of int64's bytes).
+        # The use flags stay on the host: deciding on device values would wait for the GPU every step.
         if isinstance(batch, Mapping) and "anat" in batch and "use_anat" in batch:
             batch = dict(batch)
+            flags = {k: _host_bool(batch.pop(k)) for k in ("use_anat", "use_pet")}
             for key, use in (("anat", "use_anat"), ("pet", "use_pet")):
-                if batch.get(key) is not None and not bool(torch.as_tensor(batch[use]).any()):
+                if batch.get(key) is not None and not bool(flags[use].any()):
                     batch[key] = None
             label = batch.get("label")
             if isinstance(label, torch.Tensor) and not label.is_floating_point() and self.organ_set.num_classes <= 256:
                 batch["label"] = label.to(torch.uint8)
+            return {**super().transfer_batch_to_device(batch, device, dataloader_idx), **flags}
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, Mapping) and isinstance(batch.get("label"), torch.Tensor) and batch["label"].dtype == torch.uint8:
             batch = {**batch, "label": batch["label"].long()}
         # The expensive augmentation (affine resampling) runs here, on the device, not in CPU workers.
-        if self.augment is not None and self.trainer is not None and self.trainer.training and isinstance(batch, Mapping):
+        trainer = self._trainer  # the property raises when no trainer is attached
+        if self.augment is not None and trainer is not None and trainer.training and isinstance(batch, Mapping):
             return self.augment(batch)
         return batch
 
     def _patch_logits(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stack the patches whose views are trained; return logits, labels and the anat/pet row indices
         of samples trained on both (for the consistency loss)."""
-        use_anat = torch.as_tensor(batch["use_anat"], device=self.device).bool()
-        use_pet = torch.as_tensor(batch["use_pet"], device=self.device).bool()
+        use_anat, use_pet = _host_bool(batch["use_anat"]), _host_bool(batch["use_pet"])
         anat, pet, label = (_plain(batch.get(k)) for k in ("anat", "pet", "label"))
+        inputs, labels = [], []
         # an image no sample trains on may be absent (left on the host by transfer_batch_to_device)
-        images = [(x, use) for x, use in ((anat, use_anat), (pet, use_pet)) if bool(use.any())]
-        inputs = torch.cat([x[use] for x, use in images])
-        labels = torch.cat([label[use] for _, use in images])
+        for x, use in ((anat, use_anat), (pet, use_pet)):
+            if not bool(use.any()):
+                continue
+            if bool(use.all()):
+                inputs.append(x)
+                labels.append(label)
+            else:
+                rows = torch.nonzero(use).flatten().to(x.device)
+                inputs.append(x.index_select(0, rows))
+                labels.append(label.index_select(0, rows))
+        inputs_t = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
+        labels_t = labels[0] if len(labels) == 1 else torch.cat(labels)
         both = use_anat & use_pet
         anat_rows = torch.cumsum(use_anat.long(), 0)[both] - 1
         pet_rows = int(use_anat.sum()) + torch.cumsum(use_pet.long(), 0)[both] - 1
-        return self.model(inputs), labels, anat_rows, pet_rows
+        return self.model(inputs_t), labels_t, anat_rows, pet_rows
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         logits, labels, anat_rows, pet_rows = self._patch_logits(batch)
@@ -319,6 +332,11 @@ class SegmentationModule(L.LightningModule):
             self.log(f"test/dice/{view}/{organ}", value, rank_zero_only=True)
         for view, value in table[table.status != "failed"].groupby("view")["dice"].mean().items():
             self.log(f"test/dice/{view}/mean", float(value), rank_zero_only=True)
+
+
+def _host_bool(x: Any) -> torch.Tensor:
+    """A per-sample flag as a bool tensor on the host."""
+    return torch.as_tensor(x).detach().to("cpu", torch.bool).flatten()
 
 
 def _plain_value(x: Any) -> Any:
