@@ -124,6 +124,30 @@ def test_submitit_launcher_config_composes(cache_dir, tmp_path):
     assert launcher.timeout_min > 0
 
 
+def test_recipe_from_a_foundation_encoder_through_hydra(compose_cfg, tmp_path):
+    """model=segresnet with its encoder from another checkpoint (under a ``module.`` prefix), frozen."""
+    cfg = compose_cfg("+experiment=finetune_pet", "model=segresnet", "model.net.init_filters=8", tiny=False)
+    torch.manual_seed(1)
+    source = instantiate(cfg.model).net
+    encoder = set(encoder_parameter_names(source))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items() if k in encoder}}, tmp_path / "enc.pt")
+    cfg = compose_cfg(
+        "+experiment=finetune_pet", "model=segresnet", "model.net.init_filters=8", f"module.init_checkpoint={tmp_path / 'enc.pt'}",
+        "++module.init_rename={module.:''}", "module.freeze=[encoder]", tiny=False,
+    )
+    torch.manual_seed(2)
+    module = instantiate(cfg.module, model=instantiate(cfg.model))
+    params = dict(module.model.net.named_parameters())
+    assert set(module.frozen) == encoder
+    for name, p in source.named_parameters():
+        if name in encoder:
+            assert torch.equal(params[name], p), name
+        elif p.dim() > 1:  # randomly initialised weights keep their own init (norm weights start at 1 anyway)
+            assert not torch.equal(params[name], p), name
+        assert params[name].requires_grad == (name not in encoder)
+    assert module.hparams.init_rename == {"module.": ""} and module.hparams.freeze == ["encoder"]
+
+
 # ---------------------------------------------------------------------------- init and freezing
 def _unet() -> UNet:
     torch.manual_seed(0)
