@@ -36,20 +36,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from proc_status import status_kib  # noqa: E402  (beside this script)
+
 from monai.inferers import sliding_window_inference  # noqa: E402  (same imports in every run)
 from monai.networks.nets import SegResNet, UNet  # noqa: E402
 
 from umd_lightning.models.inference import plan_windows, sliding_window_labels  # noqa: E402
 
 NETWORKS = ("conv", "unet", "segresnet")
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _reset_peak_rss() -> None:
@@ -97,7 +91,7 @@ def worker(args: argparse.Namespace) -> None:
     amp_dtype = torch.float16 if cuda else torch.bfloat16
     amp = torch.autocast(device.type, dtype=amp_dtype, enabled=args.autocast)
     gpu_image = image.to(device) if kind == "net" and cuda else None
-    base_rss = _status_kib("VmRSS")
+    base_rss = status_kib("VmRSS")
     _reset_peak_rss()
     t0 = time.perf_counter()
     labels = None
@@ -139,7 +133,7 @@ def worker(args: argparse.Namespace) -> None:
     result = {
         "run": kind,
         "seconds": seconds,
-        "peak_rss_gib": _status_kib("VmHWM") / 2**20,
+        "peak_rss_gib": status_kib("VmHWM") / 2**20,
         "base_rss_gib": base_rss / 2**20,
         "gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
     }

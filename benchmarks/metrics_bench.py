@@ -39,6 +39,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from proc_status import status_kib  # noqa: E402  (beside this script)
+
 from umd_lightning.metrics.functional import case_metrics  # noqa: E402
 from umd_lightning.organs import UMD13  # noqa: E402
 
@@ -97,28 +99,20 @@ def make_case(shape, spacing, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- measuring
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def measure(fn: Callable[[], Any]) -> tuple[Any, float, float | None]:
     """Run ``fn``; return its result, seconds, and peak RSS above the RSS before the call (MiB),
     None where the kernel cannot reset the peak."""
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS
-        resettable = _status_kib("VmHWM") <= before + 1024
+        resettable = status_kib("VmHWM") <= before + 1024
     except OSError:
         resettable = False
     t0 = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - t0
-    peak = (_status_kib("VmHWM") - before) / 1024 if resettable else None
+    peak = (status_kib("VmHWM") - before) / 1024 if resettable else None
     return out, seconds, peak
 
 
