@@ -21,7 +21,7 @@ def test_wrong_checkpoint_path_exits_with_one_line(tmp_path, name):
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "-m", "umd_lightning", "+experiment=zero_shot_pet", f"model={name}",
-         f"model.checkpoint={missing}", f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
+         f"model.checkpoint={missing}", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}",
          "logger=csv", "data.source.n_subjects=3", "data.splits.n_test=1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
