@@ -10,7 +10,6 @@ from omegaconf import DictConfig
 from umd_lightning.config import config_dir
 
 
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from umd_lightning.data.manifest import ManifestError
     from umd_lightning.data.splits import SplitError

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import lightning as L
-import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose
 from torch.utils.data import DistributedSampler
