@@ -177,6 +177,34 @@ def test_distance_methods_agree_including_far_outliers():
     assert out["window"]["hd95"] > F._window_radius(np.asarray(spacing))
 
 
+def test_window_search_gives_up_on_a_far_prediction(monkeypatch):
+    """A prediction mostly far from the reference (zero-shot PET) leaves the windowed search early
+    for the k-d tree, and the distances stay exact."""
+    rng = np.random.default_rng(3)
+    shape = (40, 40, 40)
+    ref = np.zeros(shape, bool)
+    ref[4:12, 4:12, 4:12] = True
+    pred = np.zeros(shape, bool)
+    pred[26:36, 26:36, 26:36] = True  # ~30 mm away: beyond the budget for every point
+    pred |= rng.random(shape) > 0.999  # and some scatter
+    spacing = (1.5, 1.0, 1.0)
+    handed = []
+    kdtree = F._kdtree_search
+
+    def spy(src, *args, **kwargs):
+        handed.append(len(src))
+        return kdtree(src, *args, **kwargs)
+
+    monkeypatch.setattr(F, "_kdtree_search", spy)
+    window = case_metrics(pred, ref, spacing, {1: "x"}, distance_method="window", hd_percentile=100.0)[0]
+    n_window_handed = sum(handed)
+    monkeypatch.setattr(F, "_kdtree_search", kdtree)
+    edt = case_metrics(pred, ref, spacing, {1: "x"}, distance_method="edt", hd_percentile=100.0)[0]
+    for key in ("hd95", "nsd", "assd"):
+        assert window[key] == pytest.approx(edt[key], abs=1e-9)
+    surface_points = int(F._boundary(pred).sum() + F._boundary(ref).sum())
+    assert n_window_handed > 0.9 * surface_points
+
 def test_torch_and_numpy_inputs_agree():
     rng = np.random.default_rng(11)
     p = random_blob(rng, (16, 18, 20)).astype(np.int64)

@@ -315,17 +315,30 @@ def _offsets(spacing: tuple[float, float, float], radius: float) -> tuple[np.nda
     return half, grid[keep][order], length[keep][order]
 
 
+# Point-offset visits per source point a windowed search may spend before it hands the unmatched
+# points to the k-d tree. Good predictions match within a few offsets and never reach it; a
+# prediction scattered far from the reference does, early. 30 was the fastest of 10/30/100/no limit
+# on both the whole-body benchmark (1.28 s against 1.90 s unlimited) and zero-shot PET cases (2x).
+_GIVE_UP_WORK = 30
+
+
 def _window_radius(spacing: np.ndarray) -> float:
     return float((_WINDOW_OFFSETS * np.prod(spacing) * 3.0 / (4.0 * np.pi)) ** (1.0 / 3.0))
 
 
-def _window_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, radius: float) -> np.ndarray:
+def _window_search(
+    src: np.ndarray, dst: _Surface, spacing: np.ndarray, radius: float, give_up: bool = False
+) -> np.ndarray:
     """Exact distance (mm) from each point of ``src`` (N, 3) to the nearest point of ``dst``, or inf
     where that distance exceeds ``radius``.
 
     Offsets are visited in order of their length, so the first one that lands on ``dst`` is the
     nearest; a point with no hit within ``radius`` is farther than ``radius`` (every offset that short
     was tried). Cost grows with the number of points and their distances, not with the volume.
+
+    With ``give_up``, the search stops once it has spent ``_GIVE_UP_WORK`` offset visits per point
+    (many points far from ``dst``, where a k-d tree is cheaper); inf then means "not found yet", not
+    "farther than ``radius``".
     """
     half, offsets, lengths = _offsets(tuple(float(s) for s in spacing), radius)
     out = np.full(len(src), np.inf)
@@ -343,7 +356,11 @@ def _window_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, radius: 
     deltas = offsets @ strides
     flat_field = field.ravel()
     buf = np.empty_like(rem_flat)
+    budget = _GIVE_UP_WORK * len(src) if give_up else math.inf
     for delta, length in zip(deltas.tolist(), lengths.tolist()):
+        budget -= len(rem_flat)
+        if budget < 0:
+            break
         hit = flat_field[np.add(rem_flat, delta, out=buf[: len(rem_flat)])]
         found = hit.nonzero()[0]
         if len(found):
@@ -383,7 +400,7 @@ def _edt_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray) -> np.ndarr
 def _nearest(src: np.ndarray, dst: _Surface, spacing: np.ndarray, method: DistanceMethod, workers: int) -> np.ndarray:
     """Exact distances (mm) from every point of ``src`` (N, 3) to the nearest point of ``dst``."""
     if method == "window":
-        out = _window_search(src, dst, spacing, _window_radius(spacing))
+        out = _window_search(src, dst, spacing, _window_radius(spacing), give_up=True)
         far = ~np.isfinite(out)
         if far.any():
             out[far] = _kdtree_search(src[far], dst, spacing, workers)
