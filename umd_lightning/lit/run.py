@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from umd_lightning.data.splits import SplitError
 from umd_lightning.lit.module import finished_cases
 from umd_lightning.organs import VIEWS
+from umd_lightning.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def print_summary(table: pd.DataFrame) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test as the config says; return the run folder and the results table."""
+    keep_freed_memory()
     L.seed_everything(int(cfg.seed), workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
