@@ -127,8 +127,9 @@ def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
         assert imgs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_callbacks_in_either_order_without_wandb(tmp_path):
-    over_cb = OverlayCallback()
+@pytest.mark.parametrize("background", [True, False])
+def test_callbacks_in_either_order_without_wandb(tmp_path, background):
+    over_cb = OverlayCallback(background=background)
     disc_cb = DiscrepancyCallback(n_boot=50, metrics=["dice"], figures=False)
     run_dir = run_test(tmp_path, [over_cb, disc_cb], logger=False)
     pngs = sorted(p.stem for p in (run_dir / "figures").glob("*.png"))
@@ -137,6 +138,20 @@ def test_callbacks_in_either_order_without_wandb(tmp_path):
     assert html.count("<img ") == 4  # the discrepancy report, written last, picked the overlays up
     assert not (tmp_path / "wandb").exists()
     assert over_cb.skipped == []
+
+
+def test_a_failing_overlay_process_costs_only_the_overlays(tmp_path, monkeypatch, caplog):
+    import umd_lightning.lit.callbacks.overlay as overlay_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(overlay_module, "draw_overlays", broken)  # the forked child inherits the patch
+    over_cb = OverlayCallback()
+    run_dir = run_test(tmp_path, [over_cb, DiscrepancyCallback(n_boot=50, metrics=["dice"], figures=False)], logger=False)
+    assert "exit code 1" in caplog.text
+    assert not list((run_dir / "figures").glob("overlay_*.png"))
+    assert (run_dir / "discrepancy.csv").is_file() and (run_dir / "report.html").is_file()
 
 
 def test_callbacks_act_on_rank_zero_only_and_tolerate_a_missing_table(tmp_path, caplog):
