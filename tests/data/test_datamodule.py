@@ -77,9 +77,10 @@ def test_k_shot_subjects_per_view(tiny_cohort, cache_dir):
     dm.setup("fit")
     per_view = dm.train_subjects_per_view
     assert set(per_view) == {"CT", "PET_CT"} and all(len(v) == 1 for v in per_view.values())
+    assert per_view["CT"] == per_view["PET_CT"]  # the same subject: its CT and PET form one pair
     items = dm._paired_items("train")
-    assert all(i["session"] == "petct" for i in items)
-    assert sum(i["use_anat"] for i in items) == 1 and sum(i["use_pet"] for i in items) == 1
+    assert len(items) == 1 and items[0]["session"] == "petct"
+    assert items[0]["use_anat"] and items[0]["use_pet"]
 
 
 def test_resume_skips_finished_cases(tiny_cohort, cache_dir):

@@ -53,6 +53,18 @@ def test_few_shot_k_per_view_nested():
     assert set(k5["CT"]) <= set(train)
 
 
+def test_few_shot_shares_subjects_across_views_and_recipes():
+    train = SUBJECTS[:10]
+    all_views = few_shot(train, ["CT", "PET_CT", "MRI", "PET_MRI"], 3, seed=4)
+    assert len({tuple(v) for v in all_views.values()}) == 1  # one draw: paired sessions of the same people
+    assert few_shot(train, ["PET_CT"], 3, seed=4)["PET_CT"] == all_views["PET_CT"]
+    assert few_shot(train, ["CT"], 3, seed=5)["CT"] != all_views["CT"]  # the seed matters
+    apart = few_shot(train, ["CT", "PET_CT", "MRI", "PET_MRI"], 3, seed=4, shared=False)
+    assert len({tuple(v) for v in apart.values()}) > 1
+    # drawn apart, a view's subjects depend on its name, not on its place in the recipe's list
+    assert few_shot(train, ["PET_MRI", "CT"], 3, seed=4, shared=False) == {v: apart[v] for v in ("PET_MRI", "CT")}
+
+
 def test_split_file_roundtrip(tmp_path):
     splits = split_subjects(SUBJECTS, n_test=4, n_val=2)
     path = write_split_file(tmp_path / "splits.json", splits, few_shot(splits["train"], ["CT"], 3))

@@ -57,6 +57,8 @@ class UMDDataModule(L.LightningDataModule):
         train_views: views the network trains on.
         eval_views: views evaluated in test/predict.
         k_shot: training subjects per view (None = all).
+        k_shot_shared: the same ``k_shot`` subjects for every training view (paired sessions);
+            False draws each view apart (:func:`~umd_lightning.data.splits.few_shot`).
         patch_size: training patch (voxels).
         samples_per_volume: patches cut from one cached session per visit.
         batch_size: sessions per training batch; each gives ``samples_per_volume`` patches, so a
@@ -76,6 +78,7 @@ class UMDDataModule(L.LightningDataModule):
         train_views: Sequence[str] = ("CT",),
         eval_views: Sequence[str] = VIEWS,
         k_shot: int | None = None,
+        k_shot_shared: bool = True,
         patch_size: Sequence[int] = (64, 64, 64),
         samples_per_volume: int = 4,
         batch_size: int = 2,
@@ -92,6 +95,7 @@ class UMDDataModule(L.LightningDataModule):
         self.train_views = [check_view(v) for v in train_views]
         self.eval_views = [check_view(v) for v in eval_views]
         self.k_shot = k_shot
+        self.k_shot_shared = bool(k_shot_shared)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.samples_per_volume = int(samples_per_volume)
         self.batch_size = int(batch_size)
@@ -127,7 +131,9 @@ class UMDDataModule(L.LightningDataModule):
             self.splits = split_subjects(
                 self.manifest.subjects, n_test=n_test, n_val=self.split_cfg.get("n_val", 0), seed=seed, fixed=fixed
             )
-        self.train_subjects_per_view = few_shot(self.splits["train"], self.train_views, self.k_shot, seed=seed)
+        self.train_subjects_per_view = few_shot(
+            self.splits["train"], self.train_views, self.k_shot, seed=seed, shared=self.k_shot_shared
+        )
 
     def _validate(self, records: Iterable[ScanRecord]) -> None:
         """Check each record once (only those this stage reads); problems go to ``self.failed``."""

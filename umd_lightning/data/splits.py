@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -75,16 +76,23 @@ def assert_no_leakage(splits: Mapping[str, Sequence[str]]) -> None:
 
 
 def few_shot(
-    train_subjects: Sequence[str], views: Sequence[str], k: int | None, *, seed: int = 0
+    train_subjects: Sequence[str], views: Sequence[str], k: int | None, *, seed: int = 0, shared: bool = True
 ) -> dict[str, list[str]]:
-    """``k`` training subjects per view, each view drawn with its own seeded shuffle (None/0 = all).
+    """``k`` training subjects per view (None/0 = all).
+
+    ``shared`` (the paired design): one seeded draw for every view, so the anatomical scan and its
+    PET come from the same k subjects (the consistency loss needs both of one session), and every
+    recipe that trains a view at a given k trains it on the same subjects: between recipes only the
+    views change. ``shared=False`` draws each view apart, seeded by the view's name (not its place in
+    the list), so a view still gets the same subjects in every recipe.
 
     The draw for k is a prefix of the draw for k+1, so larger k only ever adds subjects.
     """
     subjects = sorted(train_subjects)
     out = {}
-    for i, view in enumerate(views):
-        order = [subjects[j] for j in np.random.default_rng([seed, i]).permutation(len(subjects))]
+    for view in views:
+        stream = [seed] if shared else [seed, zlib.crc32(str(view).encode())]
+        order = [subjects[j] for j in np.random.default_rng(stream).permutation(len(subjects))]
         out[view] = sorted(order if not k else order[: int(k)])
     return out
 
