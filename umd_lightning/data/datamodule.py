@@ -230,7 +230,13 @@ class UMDDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # pinned batches cross to the GPU asynchronously; a pageable one makes the host wait
+            pin_memory=self._on_cuda(),
         )
+
+    def _on_cuda(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._train_ds, shuffle=True, batch_size=self.batch_size)

@@ -5,6 +5,11 @@ affine resampling) runs here on the batch after it reached the GPU (``on_after_b
 where it costs milliseconds. The anatomical patch, its PET and the label share one random affine
 per sample (the consistency loss compares them voxel by voxel); the label is resampled with nearest
 neighbour. No mirroring: kidney_left and kidney_right must stay apart.
+
+Every random decision (which samples, which parameters) is drawn on the host, as nnU-Net's workers
+do, and only the few resulting numbers travel to the device, asynchronously from pinned memory: a
+decision read back from the GPU (``nonzero``, ``bool(tensor)``) or a blocking copy would make the
+host wait for the previous step every step, and the GPU would then idle while the host queues the next.
 """
 
 from __future__ import annotations
@@ -26,42 +31,49 @@ def random_affine_matrices(
     rotate_deg: Sequence[float],
     scale: Sequence[float],
     translate: float,
-    device: torch.device,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Random affines about the patch centre: rotations drawn uniformly in ``[-r, r]`` degrees about
-    each axis, one isotropic zoom in ``scale``, and a shift of up to ``translate`` of the patch size.
+    """Random affines about the patch centre, on the host: rotations drawn uniformly in ``[-r, r]``
+    degrees about each axis, one isotropic zoom in ``scale``, and a shift of up to ``translate`` of
+    the patch size.
 
     Returns:
-        (n, 3, 4): a linear part mapping output voxel offsets from the centre (x, y, z = W, H, D
-        order) to input offsets, and a shift as a fraction of the patch size per axis.
+        (n, 3, 4) float32 on the CPU: a linear part mapping output voxel offsets from the centre
+        (x, y, z = W, H, D order) to input offsets, and a shift as a fraction of the patch size per axis.
     """
-    u = torch.rand(n, 7, device=device, generator=generator)
-    angles = (u[:, :3] * 2 - 1) * torch.tensor([math.radians(float(r)) for r in rotate_deg], device=device)
+    u = torch.rand(n, 7, generator=generator, dtype=torch.float64)
+    angles = (u[:, :3] * 2 - 1) * torch.tensor([math.radians(float(r)) for r in rotate_deg], dtype=torch.float64)
     zoom = float(scale[0]) + u[:, 3] * (float(scale[1]) - float(scale[0]))
     shift = (u[:, 4:7] * 2 - 1) * float(translate)
     c, s = torch.cos(angles), torch.sin(angles)
-    one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+    one, zero = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     rx = torch.stack([one, zero, zero, zero, c[:, 0], -s[:, 0], zero, s[:, 0], c[:, 0]], 1).view(n, 3, 3)
     ry = torch.stack([c[:, 1], zero, s[:, 1], zero, one, zero, -s[:, 1], zero, c[:, 1]], 1).view(n, 3, 3)
     rz = torch.stack([c[:, 2], -s[:, 2], zero, s[:, 2], c[:, 2], zero, zero, zero, one], 1).view(n, 3, 3)
     # Sampling with 1/zoom enlarges the content by zoom.
     linear = (rz @ ry @ rx) / zoom[:, None, None]
-    return torch.cat([linear, shift[:, :, None]], dim=2)
+    return torch.cat([linear, shift[:, :, None]], dim=2).float()
 
 
 def to_normalised(theta_vox: torch.Tensor, spatial: Sequence[int]) -> torch.Tensor:
     """Affines of :func:`random_affine_matrices` (n, 3, 4) -> ``affine_grid``'s normalised
-    coordinates for a (D, H, W) patch.
+    coordinates for a (D, H, W) patch (same device and dtype as ``theta_vox``).
 
     ``align_corners=False`` puts x_norm = x_vox * 2 / size, so A_norm = S A_vox S^-1 with
     S = diag(2 / (W, H, D)); a translation given as a fraction of the patch becomes 2 * fraction.
     """
     d, h, w = (int(v) for v in spatial)
-    half = torch.tensor([w / 2.0, h / 2.0, d / 2.0], device=theta_vox.device, dtype=theta_vox.dtype)
+    half = theta_vox.new_tensor([w / 2.0, h / 2.0, d / 2.0])  # DeviceAugment calls this on the host
     linear = theta_vox[:, :, :3] * half[None, None, :] / half[None, :, None]
     shift = theta_vox[:, :, 3] * 2.0
     return torch.cat([linear, shift[:, :, None]], dim=2)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device`` without making the host wait: from pinned memory, non-blocking."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 class DeviceAugment(nn.Module):
@@ -117,61 +129,72 @@ class DeviceAugment(nn.Module):
         """Augment ``anat``, ``pet`` (B, 1, D, H, W) float and ``label`` (B, 1, D, H, W) integer.
 
         Returns a new dict; other entries pass through. A batch on a device type not in
-        ``device_types`` is returned unchanged.
+        ``device_types`` is returned unchanged. Random numbers come from the host's global torch
+        generator (seeded by ``seed_everything``).
         """
         out = dict(batch)
         keys = [k for k in IMAGE_KEYS if isinstance(out.get(k), torch.Tensor)]
         if not keys or not self.enabled_on(out[keys[0]].device):
             return out
-        ref = out[keys[0]]
-        n, device = ref.shape[0], ref.device
+        n = out[keys[0]].shape[0]
         if self.p_affine > 0:
-            rows = torch.nonzero(torch.rand(n, device=device) < self.p_affine).flatten()
-            if len(rows):
+            rows = torch.nonzero(torch.rand(n) < self.p_affine).flatten().tolist()  # host: no sync
+            if rows:
                 out = self._affine(out, keys, rows)
         for key in keys:
             out[key] = self._intensity(out[key])
         return out
 
-    def _affine(self, out: dict[str, Any], keys: list[str], rows: torch.Tensor) -> dict[str, Any]:
-        spatial = out[keys[0]].shape[2:]
-        theta = random_affine_matrices(
-            len(rows), rotate_deg=self.rotate_deg, scale=self.scale, translate=self.translate, device=rows.device
-        )
-        grid = F.affine_grid(to_normalised(theta, spatial), [len(rows), 1, *spatial], align_corners=False)
-        images = torch.cat([out[k][rows].float() for k in keys], dim=1)
+    def _affine(self, out: dict[str, Any], keys: list[str], rows: list[int]) -> dict[str, Any]:
+        ref = out[keys[0]]
+        spatial, device = ref.shape[2:], ref.device
+        theta = random_affine_matrices(len(rows), rotate_deg=self.rotate_deg, scale=self.scale, translate=self.translate)
+        theta = to_device(to_normalised(theta, spatial), device)
+        grid = F.affine_grid(theta, [len(rows), 1, *spatial], align_corners=False)
+        every = rows == list(range(ref.shape[0]))
+        index = None if every else to_device(torch.tensor(rows), device)
+
+        def pick(x: torch.Tensor) -> torch.Tensor:
+            return x if index is None else x.index_select(0, index)
+
+        def put(x: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+            if index is None:
+                return warped.to(x.dtype)
+            return x.index_copy(0, index, warped.to(x.dtype))
+
+        images = torch.cat([pick(out[k]).float() for k in keys], dim=1)
         warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         for i, key in enumerate(keys):
-            x = out[key].clone()
-            x[rows] = warped[:, i : i + 1].to(x.dtype)
-            out[key] = x
+            out[key] = put(out[key], warped[:, i : i + 1])
         if isinstance(out.get(LABEL_KEY), torch.Tensor):
             label = out[LABEL_KEY]
             # ids up to 2^24 are exact in float32; nearest never blends two organs
-            warped_label = F.grid_sample(label[rows].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            label = label.clone()
-            label[rows] = warped_label.round().to(label.dtype)
-            out[LABEL_KEY] = label
+            warped_label = F.grid_sample(pick(label).float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            out[LABEL_KEY] = put(label, warped_label.round())
         return out
 
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
-        n, device = x.shape[0], x.device
+        n = x.shape[0]
         shape = (n,) + (1,) * (x.dim() - 1)
         x = x.float()
-        u = torch.rand(n, 6, device=device)
-        if self.p_brightness > 0:
+        u = torch.rand(n, 6, dtype=torch.float64)  # host: the decisions never wait for the device
+        ones = torch.ones(n, dtype=torch.float64)
+        factor = gamma = std = None
+        if self.p_brightness > 0 and bool((u[:, 0] < self.p_brightness).any()):
             lo, hi = self.brightness
-            factor = torch.where(u[:, 0] < self.p_brightness, lo + u[:, 1] * (hi - lo), torch.ones_like(u[:, 1]))
-            x = x * factor.view(shape)
-        if self.p_gamma > 0:
+            factor = torch.where(u[:, 0] < self.p_brightness, lo + u[:, 1] * (hi - lo), ones)
+        if self.p_gamma > 0 and bool((u[:, 2] < self.p_gamma).any()):
             lo, hi = self.gamma
-            g = torch.where(u[:, 2] < self.p_gamma, lo + u[:, 3] * (hi - lo), torch.ones_like(u[:, 3]))
-            x = x.clamp(min=0).pow(g.view(shape))
-        if self.p_noise > 0:
-            std = torch.where(u[:, 4] < self.p_noise, u[:, 5] * self.noise_std, torch.zeros_like(u[:, 5]))
-            if bool((std > 0).any()):
-                x = x + torch.randn_like(x) * std.view(shape)
+            gamma = torch.where(u[:, 2] < self.p_gamma, lo + u[:, 3] * (hi - lo), ones)
+        if self.p_noise > 0 and bool((u[:, 4] < self.p_noise).any()):
+            std = torch.where(u[:, 4] < self.p_noise, u[:, 5] * self.noise_std, 0 * ones)
+        if factor is not None:
+            x = x * to_device(factor.float(), x.device).view(shape)
+        if gamma is not None:
+            x = x.clamp(min=0).pow(to_device(gamma.float(), x.device).view(shape))
+        if std is not None:
+            x = x + torch.randn_like(x) * to_device(std.float(), x.device).view(shape)
         return x
 
 
-__all__ = ["DeviceAugment", "random_affine_matrices", "to_normalised"]
+__all__ = ["DeviceAugment", "random_affine_matrices", "to_device", "to_normalised"]
