@@ -1,4 +1,5 @@
-"""DeviceAugment on the CPU (named in device_types): shared affine, untouched samples, seeding."""
+"""DeviceAugment on the CPU (named in device_types): geometry against torch.rot90 and hand-made affines,
+one affine per sample for both images and the label, untouched samples, seeding."""
 
 from __future__ import annotations
 
@@ -17,27 +18,6 @@ def blocks(n: int = 2, size: int = 24) -> dict[str, torch.Tensor]:
     label[:, :, 12:22, 2:10, 10:21] = 2
     image = label.float() / 2
     return {"anat": image.clone(), "pet": image.clone(), "label": label, "use_anat": torch.ones(n, dtype=torch.bool)}
-
-
-def test_off_on_devices_not_named_and_identity_without_probabilities():
-    batch = blocks()
-    assert DeviceAugment()(batch)["anat"] is batch["anat"]  # default: cuda only
-    out = DeviceAugment(**NONE, device_types=("cpu",))(batch)
-    for key in ("anat", "pet", "label"):
-        assert torch.equal(out[key], batch[key])
-    assert out["use_anat"] is batch["use_anat"]
-
-
-def test_affine_is_shared_by_both_images_and_the_label():
-    torch.manual_seed(3)
-    batch = blocks()
-    aug = DeviceAugment(**{**NONE, "p_affine": 1.0}, rotate_deg=(20, 20, 20), device_types=("cpu",))
-    out = aug(batch)
-    assert not torch.equal(out["label"], batch["label"])  # something moved
-    assert torch.equal(out["anat"], out["pet"])  # one affine per sample for both images
-    assert out["label"].dtype == torch.long and set(out["label"].unique().tolist()) <= {0, 1, 2}
-    agree = (out["anat"] * 2).round().long() == out["label"]
-    assert agree.float().mean() > 0.97  # bilinear image and nearest label disagree only on borders
 
 
 def test_samples_not_drawn_are_untouched():
@@ -84,3 +64,73 @@ def test_random_affines_are_rotations_times_a_zoom():
     # normalised coordinates: S A S^-1 with S = diag(2 / (W, H, D)); the identity stays the identity
     eye = torch.cat([torch.eye(3), torch.zeros(3, 1)], 1)[None]
     torch.testing.assert_close(to_normalised(eye, (8, 16, 32)), eye)
+
+
+def _paired_batch(n: int = 2, size: int = 12) -> dict:
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 5, (n, 1, size, size, size), generator=g)
+    anat = label.float() / 4
+    return {"anat": anat, "pet": 2 * anat, "label": label, "use_anat": torch.ones(n, dtype=torch.bool)}
+
+
+def _spatial_only(**kw) -> DeviceAugment:
+    return DeviceAugment(p_brightness=0, p_gamma=0, p_noise=0, device_types=("cpu",), **kw)
+
+
+def test_augment_is_off_on_devices_not_named():
+    batch = _paired_batch()
+    out = DeviceAugment(p_affine=1.0)(batch)  # default device_types: cuda only
+    assert all(out[k] is batch[k] for k in ("anat", "pet", "label"))
+
+
+def test_identity_affine_keeps_the_batch():
+    batch = _paired_batch()
+    out = _spatial_only(p_affine=1.0, rotate_deg=(0, 0, 0), scale=(1, 1))(batch)
+    assert torch.equal(out["label"], batch["label"])
+    torch.testing.assert_close(out["anat"], batch["anat"], atol=1e-5, rtol=0)
+
+
+def test_quarter_turn_is_rot90():
+    """A 90 degree rotation about the first grid axis (x = W) through the normalised-coordinate
+    conversion and nearest sampling equals torch.rot90 over (D, H)."""
+    size = 8
+    label = torch.arange(size**3).view(1, 1, size, size, size).float()
+    theta = torch.tensor([[[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0]]])
+    grid = torch.nn.functional.affine_grid(to_normalised(theta, (size,) * 3), [1, 1, size, size, size], align_corners=False)
+    out = torch.nn.functional.grid_sample(label, grid, mode="nearest", align_corners=False)
+    assert torch.equal(out, torch.rot90(label, 1, dims=(2, 3))) or torch.equal(out, torch.rot90(label, -1, dims=(2, 3)))
+
+
+def test_anisotropic_patch_keeps_a_rotation_rigid():
+    # On a (4, 8, 16) patch a 90 degree turn in the (H, W) plane must map voxel offsets, not
+    # normalised ones: the normalised matrix is scaled by the size ratio 16 / 8.
+    theta = torch.tensor([[[0.0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]])
+    norm = to_normalised(theta, (4, 8, 16))
+    assert torch.allclose(norm[0, :, :3], torch.tensor([[0.0, -0.5, 0], [2.0, 0, 0], [0, 0, 1]]))
+
+
+def test_random_affine_shares_geometry_across_keys_and_keeps_label_ids():
+    torch.manual_seed(0)
+    batch = _paired_batch(n=4, size=16)
+    out = _spatial_only(p_affine=1.0, rotate_deg=(30, 30, 30), scale=(0.8, 1.2))(batch)
+    assert not torch.equal(out["label"], batch["label"])
+    # anat and pet went through one affine: pet is still exactly twice anat
+    torch.testing.assert_close(out["pet"], 2 * out["anat"], atol=1e-5, rtol=0)
+    assert set(out["label"].unique().tolist()) <= set(batch["label"].unique().tolist())
+    assert out["label"].dtype == batch["label"].dtype and out["use_anat"] is batch["use_anat"]
+
+
+def test_random_affine_matrices_respect_their_ranges():
+    theta = random_affine_matrices(256, rotate_deg=(0, 0, 0), scale=(0.5, 2.0), translate=0.1)
+    zoom = 1.0 / theta[:, 0, 0]
+    assert torch.allclose(theta[:, :, :3], torch.diag_embed(1.0 / zoom[:, None].expand(-1, 3)))
+    assert zoom.min() >= 0.5 and zoom.max() <= 2.0 and theta[:, :, 3].abs().max() <= 0.1
+
+
+def test_intensity_changes_are_the_configured_ones():
+    batch = _paired_batch()
+    out = DeviceAugment(p_affine=0, p_brightness=1.0, brightness=(2, 2), p_gamma=0, p_noise=0, device_types=("cpu",))(batch)
+    torch.testing.assert_close(out["anat"], 2 * batch["anat"])
+    assert torch.equal(out["label"], batch["label"])
+    out = DeviceAugment(p_affine=0, p_brightness=0, p_gamma=1.0, gamma=(2, 2), p_noise=0, device_types=("cpu",))(batch)
+    torch.testing.assert_close(out["anat"], batch["anat"] ** 2)

@@ -1,5 +1,5 @@
-"""Fine-tuning recipes, trainer and launcher configs compose; encoder init, freezing and the device
-augmentation do what they say (checked against MONAI's module structure and torch.rot90)."""
+"""Fine-tuning recipes, trainer and launcher configs compose; encoder init and freezing do what they
+say (checked against MONAI's module structure). The device augmentation: test_augment.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from hydra.utils import instantiate
 from monai.networks.nets import DynUNet, UNet
 
-from umd_lightning.lit.augment import DeviceAugment, random_affine_matrices, to_normalised
+from umd_lightning.lit.augment import DeviceAugment
 from umd_lightning.lit.finetune import encoder_parameter_names, freeze_parameters, load_matching
 from umd_lightning.lit.module import SegmentationModule
 from umd_lightning.models.adapter import CheckpointError
@@ -244,74 +244,3 @@ def test_patch_batch_crosses_slimmed_and_stacks_the_trained_rows():
     assert moved["pet"] is None
     logits, labels, anat_rows, _ = module._patch_logits(moved)
     assert torch.equal(logits, batch["anat"]) and torch.equal(labels, batch["label"]) and len(anat_rows) == 0
-
-
-# ---------------------------------------------------------------------------- device augmentation
-def _paired_batch(n: int = 2, size: int = 12) -> dict:
-    g = torch.Generator().manual_seed(0)
-    label = torch.randint(0, 5, (n, 1, size, size, size), generator=g)
-    anat = label.float() / 4
-    return {"anat": anat, "pet": 2 * anat, "label": label, "use_anat": torch.ones(n, dtype=torch.bool)}
-
-
-def _spatial_only(**kw) -> DeviceAugment:
-    return DeviceAugment(p_brightness=0, p_gamma=0, p_noise=0, device_types=("cpu",), **kw)
-
-
-def test_augment_is_off_on_devices_not_named():
-    batch = _paired_batch()
-    out = DeviceAugment(p_affine=1.0)(batch)  # default device_types: cuda only
-    assert all(out[k] is batch[k] for k in ("anat", "pet", "label"))
-
-
-def test_identity_affine_keeps_the_batch():
-    batch = _paired_batch()
-    out = _spatial_only(p_affine=1.0, rotate_deg=(0, 0, 0), scale=(1, 1))(batch)
-    assert torch.equal(out["label"], batch["label"])
-    torch.testing.assert_close(out["anat"], batch["anat"], atol=1e-5, rtol=0)
-
-
-def test_quarter_turn_is_rot90():
-    """A 90 degree rotation about the first grid axis (x = W) through the normalised-coordinate
-    conversion and nearest sampling equals torch.rot90 over (D, H)."""
-    size = 8
-    label = torch.arange(size**3).view(1, 1, size, size, size).float()
-    theta = torch.tensor([[[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0]]])
-    grid = torch.nn.functional.affine_grid(to_normalised(theta, (size,) * 3), [1, 1, size, size, size], align_corners=False)
-    out = torch.nn.functional.grid_sample(label, grid, mode="nearest", align_corners=False)
-    assert torch.equal(out, torch.rot90(label, 1, dims=(2, 3))) or torch.equal(out, torch.rot90(label, -1, dims=(2, 3)))
-
-
-def test_anisotropic_patch_keeps_a_rotation_rigid():
-    # On a (4, 8, 16) patch a 90 degree turn in the (H, W) plane must map voxel offsets, not
-    # normalised ones: the normalised matrix is scaled by the size ratio 16 / 8.
-    theta = torch.tensor([[[0.0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]])
-    norm = to_normalised(theta, (4, 8, 16))
-    assert torch.allclose(norm[0, :, :3], torch.tensor([[0.0, -0.5, 0], [2.0, 0, 0], [0, 0, 1]]))
-
-
-def test_random_affine_shares_geometry_across_keys_and_keeps_label_ids():
-    torch.manual_seed(0)
-    batch = _paired_batch(n=4, size=16)
-    out = _spatial_only(p_affine=1.0, rotate_deg=(30, 30, 30), scale=(0.8, 1.2))(batch)
-    assert not torch.equal(out["label"], batch["label"])
-    # anat and pet went through one affine: pet is still exactly twice anat
-    torch.testing.assert_close(out["pet"], 2 * out["anat"], atol=1e-5, rtol=0)
-    assert set(out["label"].unique().tolist()) <= set(batch["label"].unique().tolist())
-    assert out["label"].dtype == batch["label"].dtype and out["use_anat"] is batch["use_anat"]
-
-
-def test_random_affine_matrices_respect_their_ranges():
-    theta = random_affine_matrices(256, rotate_deg=(0, 0, 0), scale=(0.5, 2.0), translate=0.1, device=torch.device("cpu"))
-    zoom = 1.0 / theta[:, 0, 0]
-    assert torch.allclose(theta[:, :, :3], torch.diag_embed(1.0 / zoom[:, None].expand(-1, 3)))
-    assert zoom.min() >= 0.5 and zoom.max() <= 2.0 and theta[:, :, 3].abs().max() <= 0.1
-
-
-def test_intensity_changes_are_the_configured_ones():
-    batch = _paired_batch()
-    out = DeviceAugment(p_affine=0, p_brightness=1.0, brightness=(2, 2), p_gamma=0, p_noise=0, device_types=("cpu",))(batch)
-    torch.testing.assert_close(out["anat"], 2 * batch["anat"])
-    assert torch.equal(out["label"], batch["label"])
-    out = DeviceAugment(p_affine=0, p_brightness=0, p_gamma=1.0, gamma=(2, 2), p_noise=0, device_types=("cpu",))(batch)
-    torch.testing.assert_close(out["anat"], batch["anat"] ** 2)
