@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 60 cuda, 8 cpu)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 cuda, 2 cpu)")
     p.add_argument("--subjects", type=int, default=None,
-                   help="synthetic subjects cached for training: one step each per epoch (default 8 cuda, 4 cpu)")
+                   help="synthetic subjects cached for training (default 8 cuda, 4 cpu)")
     p.add_argument("--scale", type=float, default=None, help="cohort voxel-size factor (default 1 cuda, 3 cpu)")
+    p.add_argument("--epoch-batches", type=int, default=250,
+                   help="training batches per epoch (nnU-Net's 250; 0 = one pass over the cached subjects)")
     p.add_argument("--no-augment", action="store_true", help="fit without the device augmentation")
     p.add_argument("--cache-dir", default=os.environ.get("UMD_CACHE_DIR", str(Path.home() / ".cache" / "umd_lightning")))
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_size=[patch] * 3,
         samples_per_volume=args.batch,
         batch_size=1,
+        epoch_batches=args.epoch_batches or None,
         num_workers=workers,
         train_spacing=spacing,
     )

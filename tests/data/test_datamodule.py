@@ -89,3 +89,16 @@ def test_resume_skips_finished_cases(tiny_cohort, cache_dir):
     first = [r.case_id for r in dm.eval_records()]
     dm.exclude_cases(first[:2])
     assert [r.case_id for r in dm.eval_records()] == first[2:]
+
+
+def test_epoch_batches_revisits_sessions_in_shuffled_rounds(tiny_cohort, cache_dir):
+    dm = _dm(cache_dir, epoch_batches=5)
+    dm.setup("fit")
+    sessions = len(dm._train_ds)
+    loader = dm.train_dataloader()
+    assert len(loader) == 5 and 2 * 5 > sessions  # batches of 2 sessions: more than one pass
+    seen = [s + "/" + x for b in loader for s, x in zip(b["subject_id"], b["session"])]
+    counts = {k: seen.count(k) for k in set(seen)}
+    assert len(counts) == sessions and max(counts.values()) - min(counts.values()) <= 1
+    with pytest.raises(ValueError, match="epoch_batches"):
+        _dm(cache_dir, epoch_batches=0)

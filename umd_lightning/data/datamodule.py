@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import lightning as L
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose
+from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import DistributedSampler
 
 from umd_lightning.data.manifest import Manifest, Problem, ScanRecord, read_manifest, validate_manifest
@@ -63,6 +64,10 @@ class UMDDataModule(L.LightningDataModule):
         samples_per_volume: patches cut from one cached session per visit.
         batch_size: sessions per training batch; each gives ``samples_per_volume`` patches, so a
             batch holds ``batch_size * samples_per_volume`` patches.
+        epoch_batches: training batches per epoch (per process), the sessions revisited in shuffled
+            rounds; None = one pass over the training sessions. A few-session epoch empties the
+            workers' prefetch queue at every boundary and the GPU waits for the first batch of the
+            next (nnU-Net: 250 batches per epoch).
         num_workers: dataloader workers.
         intensity: per-modality normalisation (:class:`~umd_lightning.data.transforms.IntensityConfig`).
         train_spacing: resample training sessions to this spacing (mm); None keeps the label grid.
@@ -82,6 +87,7 @@ class UMDDataModule(L.LightningDataModule):
         patch_size: Sequence[int] = (64, 64, 64),
         samples_per_volume: int = 4,
         batch_size: int = 2,
+        epoch_batches: int | None = None,
         num_workers: int = 0,
         intensity: Mapping[str, Any] | None = None,
         train_spacing: Sequence[float] | None = None,
@@ -99,6 +105,9 @@ class UMDDataModule(L.LightningDataModule):
         self.patch_size = tuple(int(p) for p in patch_size)
         self.samples_per_volume = int(samples_per_volume)
         self.batch_size = int(batch_size)
+        if epoch_batches is not None and int(epoch_batches) < 1:
+            raise ValueError(f"epoch_batches must be a positive number of batches or None, got {epoch_batches!r}")
+        self.epoch_batches = None if epoch_batches is None else int(epoch_batches)
         self.num_workers = int(num_workers)
         self.intensity = dict(intensity or {})
         self.train_spacing = None if train_spacing is None else tuple(float(s) for s in train_spacing)
@@ -239,7 +248,11 @@ class UMDDataModule(L.LightningDataModule):
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train_ds, shuffle=True, batch_size=self.batch_size)
+        dataset = self._train_ds
+        if self.epoch_batches:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            dataset = _Repeat(dataset, self.epoch_batches * self.batch_size * world)
+        return self._loader(dataset, shuffle=True, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         if self._val_ds is None:
@@ -291,3 +304,18 @@ class UMDDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader()
+
+
+class _Repeat(TorchDataset):
+    """``length`` items cycling over ``base``; a shuffled epoch visits every item equally often (+-1)."""
+
+    def __init__(self, base: Any, length: int) -> None:
+        if len(base) == 0:
+            raise ValueError("epoch_batches: no training sessions to repeat")
+        self.base, self.length = base, int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Any:
+        return self.base[index % len(self.base)]
