@@ -178,23 +178,26 @@ class DeviceAugment(nn.Module):
         shape = (n,) + (1,) * (x.dim() - 1)
         x = x.float()
         u = torch.rand(n, 6, dtype=torch.float64)  # host: the decisions never wait for the device
-        ones = torch.ones(n, dtype=torch.float64)
-        factor = gamma = std = None
-        if self.p_brightness > 0 and bool((u[:, 0] < self.p_brightness).any()):
-            lo, hi = self.brightness
-            factor = torch.where(u[:, 0] < self.p_brightness, lo + u[:, 1] * (hi - lo), ones)
-        if self.p_gamma > 0 and bool((u[:, 2] < self.p_gamma).any()):
-            lo, hi = self.gamma
-            gamma = torch.where(u[:, 2] < self.p_gamma, lo + u[:, 3] * (hi - lo), ones)
-        if self.p_noise > 0 and bool((u[:, 4] < self.p_noise).any()):
-            std = torch.where(u[:, 4] < self.p_noise, u[:, 5] * self.noise_std, 0 * ones)
+        factor = _per_sample(self.p_brightness, self.brightness, u[:, 0:2], neutral=1.0)
+        gamma = _per_sample(self.p_gamma, self.gamma, u[:, 2:4], neutral=1.0)
+        std = _per_sample(self.p_noise, (0.0, self.noise_std), u[:, 4:6], neutral=0.0)
         if factor is not None:
-            x = x * to_device(factor.float(), x.device).view(shape)
+            x = x * to_device(factor, x.device).view(shape)
         if gamma is not None:
-            x = x.clamp(min=0).pow(to_device(gamma.float(), x.device).view(shape))
+            x = x.clamp(min=0).pow(to_device(gamma, x.device).view(shape))
         if std is not None:
-            x = x + torch.randn_like(x) * to_device(std.float(), x.device).view(shape)
+            x = x + torch.randn_like(x) * to_device(std, x.device).view(shape)
         return x
+
+
+def _per_sample(p: float, value_range: Sequence[float], u: torch.Tensor, neutral: float) -> torch.Tensor | None:
+    """Per-sample values (float32, host): drawn in ``value_range`` where ``u[:, 0] < p``, else ``neutral``;
+    None when no sample is chosen."""
+    chosen = u[:, 0] < p
+    if not bool(chosen.any()):
+        return None
+    lo, hi = value_range
+    return torch.where(chosen, lo + u[:, 1] * (hi - lo), torch.full_like(u[:, 1], neutral)).float()
 
 
 __all__ = ["DeviceAugment", "random_affine_matrices", "to_device", "to_normalised"]
