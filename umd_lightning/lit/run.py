@@ -133,6 +133,7 @@ def export_weights(module: L.LightningModule, path: str | Path, cfg: DictConfig,
 def print_summary(table: pd.DataFrame) -> None:
     """A view x organ table of mean Dice / HD95 on the console."""
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     ok = table[table.status != "failed"]
@@ -155,7 +156,10 @@ def print_summary(table: pd.DataFrame) -> None:
     rich_table.add_row(
         "[b]mean[/b]", *[f"[b]{overall.loc[v, 'dice']:.3f} / {overall.loc[v, 'hd95']:.1f}[/b]" for v in views]
     )
-    Console().print(rich_table)
+    console = Console()
+    if not console.is_terminal:  # a log file has no width: keep one row per line instead of wrapping at 80
+        console = Console(width=max(console.width, Measurement.get(console, console.options.update_width(1000), rich_table).maximum))
+    console.print(rich_table)
     failed = table[table.status == "failed"]["case_id"].unique()
     if len(failed):
         Console(stderr=True).print(f"[red]{len(failed)} case(s) failed:[/red] {', '.join(failed)}")
