@@ -158,7 +158,8 @@ def print_summary(table: pd.DataFrame) -> None:
     )
     console = Console()
     if not console.is_terminal:  # a log file has no width: keep one row per line instead of wrapping at 80
-        console = Console(width=max(console.width, Measurement.get(console, console.options.update_width(1000), rich_table).maximum))
+        natural = Measurement.get(console, console.options.update_width(1000), rich_table).maximum
+        console = Console(width=max(console.width, natural))
     console.print(rich_table)
     failed = table[table.status == "failed"]["case_id"].unique()
     if len(failed):
