@@ -15,7 +15,7 @@ from torch.utils.data import DistributedSampler
 from umd_lightning.data.manifest import Manifest, Problem, ScanRecord, read_manifest, validate_manifest
 from umd_lightning.data.splits import few_shot, split_subjects, write_split_file
 from umd_lightning.data.transforms import eval_transforms, paired_load_transforms, paired_patch_transforms
-from umd_lightning.organs import SESSION_VIEWS, VIEWS, check_view, get_organ_set
+from umd_lightning.organs import ANATOMICAL_VIEWS, SESSION_VIEWS, VIEWS, anatomical_view, check_view, get_organ_set, pet_view
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class UMDDataModule(L.LightningDataModule):
             workers' prefetch queue at every boundary and the GPU waits for the first batch of the
             next (nnU-Net: 250 batches per epoch).
         num_workers: dataloader workers.
-        intensity: per-modality normalisation (:class:`~umd_lightning.data.transforms.IntensityConfig`).
+        intensity: per-modality normalisation of training patches: the network's own
+            (:class:`~umd_lightning.intensity.IntensityConfig`); evaluation volumes stay in physical units.
         train_spacing: resample training sessions to this spacing (mm); None keeps the label grid.
         validate: check every file of the manifest before anything runs.
     """
@@ -120,6 +121,9 @@ class UMDDataModule(L.LightningDataModule):
         self._validated: set[str] = set()
         self._skip: set[str] = set()
         self._train_ds = self._val_ds = None
+        #: Input channels of a multi-channel model (``anatomical``/``PET``), set by the run from the
+        #: adapter's ``info.channels``; empty = each case is one scan.
+        self.channels: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ manifest and splits
     def prepare_data(self) -> None:
@@ -265,10 +269,17 @@ class UMDDataModule(L.LightningDataModule):
         return [r for r in self.manifest if r.subject_id in subjects and r.view in views]
 
     def eval_records(self) -> list[ScanRecord]:
-        """Test cases in a fixed order: every eval view of every test subject, minus failed or finished ones."""
+        """Test cases in a fixed order: every eval view of every test subject, minus failed or finished ones.
+
+        A multi-channel model (:attr:`channels`) sees a whole session at once: its cases are the
+        sessions' anatomical scans, each with the session's PET as a further channel.
+        """
         self._ensure_manifest()
         failed = {p.case_id for p in self.failed}
-        return [r for r in self._eval_candidates() if r.case_id not in failed and r.case_id not in self._skip]
+        records = [r for r in self._eval_candidates() if r.case_id not in failed and r.case_id not in self._skip]
+        if self.channels:
+            records = [r for r in records if r.view in ANATOMICAL_VIEWS]
+        return records
 
     def failed_records(self) -> list[tuple[ScanRecord, Problem]]:
         by_case = {r.case_id: r for r in self.manifest}
@@ -286,7 +297,7 @@ class UMDDataModule(L.LightningDataModule):
             records = records[self.trainer.global_rank :: self.trainer.world_size]
         items = [
             {
-                "image": str(r.image),
+                "image": self._channel_paths(r) if self.channels else str(r.image),
                 "label": str(r.label),
                 "view": r.view,
                 "subject_id": r.subject_id,
@@ -297,7 +308,17 @@ class UMDDataModule(L.LightningDataModule):
             }
             for r in records
         ]
-        return DataLoader(Dataset(items, eval_transforms(self.intensity)), batch_size=1, num_workers=self.num_workers)
+        channels = max(1, len(self.channels))
+        return DataLoader(Dataset(items, eval_transforms(channels)), batch_size=1, num_workers=self.num_workers)
+
+    def _channel_paths(self, record: ScanRecord) -> list[str]:
+        """The session's scans a multi-channel model takes, in its channel order."""
+        scans = {r.view: r for r in self.manifest if r.subject_id == record.subject_id and r.session == record.session}
+        views = [anatomical_view(record.view) if kind == "anatomical" else pet_view(record.view) for kind in self.channels]
+        missing = [v for v in views if v not in scans]
+        if missing:
+            raise ValueError(f"{record.case_id}: the model takes {', '.join(views)}, but the session has no {', '.join(missing)} scan")
+        return [str(scans[v].image) for v in views]
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader()

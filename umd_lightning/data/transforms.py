@@ -7,7 +7,6 @@ that the anatomical scan, its PET and the label share voxels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -15,6 +14,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
+    ConcatItemsd,
+    DeleteItemsd,
     EnsureTyped,
     LoadImaged,
     MapTransform,
@@ -28,6 +29,7 @@ from monai.transforms import (
     Transform,
 )
 
+from umd_lightning.intensity import IntensityConfig, normalise_view
 from umd_lightning.organs import check_view
 
 ORIENTATION = "RAS"
@@ -35,51 +37,20 @@ ORIENTATION = "RAS"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-@dataclass(frozen=True)
-class IntensityConfig:
-    """How each modality is mapped to the network's input range (about [0, 1]).
-
-    Args:
-        ct_window: HU range mapped linearly to [0, 1], clipped.
-        mri_percentiles: lower/upper percentiles of the scan mapped to [0, 1] (MRI has no absolute units).
-        pet_suv_max: SUV mapped to 1; uptake is clipped to [0, pet_suv_max].
-    """
-
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    mri_percentiles: tuple[float, float] = (0.5, 99.5)
-    pet_suv_max: float = 20.0
-
-
 class ViewIntensity(Transform):
-    """Normalise one image by its view: CT HU window, MRI percentiles, PET SUV clip-and-scale.
+    """Normalise one image by its view (:func:`umd_lightning.intensity.normalise_view`): the training
+    input of the networks trained here.
 
     Args:
         config: the per-modality ranges.
     """
 
     def __init__(self, config: IntensityConfig | Mapping | None = None) -> None:
-        if config is None:
-            config = IntensityConfig()
-        elif not isinstance(config, IntensityConfig):
-            config = IntensityConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.items()})
-        self.config = config
+        self.config = IntensityConfig.of(config)
 
     def __call__(self, img: torch.Tensor, view: str) -> torch.Tensor:
         """img: (C, D, H, W) raw intensities -> float32 of the same shape."""
-        check_view(view)
-        img = img.float() if isinstance(img, torch.Tensor) else torch.as_tensor(np.asarray(img), dtype=torch.float32)
-        if view == "CT":
-            lo, hi = self.config.ct_window
-        elif view == "MRI":
-            q = torch.tensor([p / 100.0 for p in self.config.mri_percentiles])
-            flat = img.reshape(-1)
-            # quantile() refuses huge tensors; a strided sample estimates percentiles to well under a grey level.
-            sample = flat[:: max(1, flat.numel() // 2_000_000)]
-            lo, hi = (float(v) for v in torch.quantile(sample, q))
-        else:
-            lo, hi = 0.0, float(self.config.pet_suv_max)
-        scale = 1.0 / max(hi - lo, 1e-6)
-        return ((img - lo) * scale).clamp_(0.0, 1.0)
+        return normalise_view(img, check_view(view), self.config)
 
 
 class ViewIntensityd(MapTransform):
@@ -128,21 +99,49 @@ class ResampleToLabeld(MapTransform):
         return d
 
 
-def eval_transforms(intensity: IntensityConfig | Mapping | None = None) -> Compose:
+def eval_transforms(channels: int = 1) -> Compose:
     """Whole-volume pipeline: ``{"image", "label", "view", ...}`` paths -> tensors on the RAS label grid.
 
-    Output: ``image`` (1, D, H, W) float, ``label`` (1, D, H, W) integer, both MetaTensors with the label's
-    affine (re-oriented to RAS).
+    Intensities stay in physical units (CT in HU, MRI as stored, PET in SUV): preprocessing belongs to
+    the model, and each adapter applies its own.
+
+    Args:
+        channels: 1, or more for models that take several scans of a session: then ``image`` is a list of
+            paths, each loaded, resampled onto the label grid and stacked in that order.
+
+    Output: ``image`` (C, D, H, W) float32, ``label`` (1, D, H, W) integer, both MetaTensors with the
+    label's affine (re-oriented to RAS).
     """
-    return Compose(
-        [
-            LoadImaged(keys=["image", "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True),
-            ResampleToLabeld(keys="image", key_dst="label"),
-            Orientationd(keys=["image", "label"], axcodes=ORIENTATION, labels=RAS_LABELS),
-            ViewIntensityd(keys="image", view_keys="view", config=intensity),
-            EnsureTyped(keys="label", dtype=torch.int64),
-        ]
-    )
+    keys = [f"image{i}" for i in range(channels)] if channels > 1 else ["image"]
+    steps: list = []
+    if channels > 1:
+        steps.append(SplitPaths(keys))
+    steps += [
+        LoadImaged(keys=[*keys, "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True),
+        ResampleToLabeld(keys=keys, key_dst="label"),
+        Orientationd(keys=[*keys, "label"], axcodes=ORIENTATION, labels=RAS_LABELS),
+        EnsureTyped(keys=keys, dtype=torch.float32),
+        EnsureTyped(keys="label", dtype=torch.int64),
+    ]
+    if channels > 1:
+        steps.append(ConcatItemsd(keys=keys, name="image", dim=0))
+        steps.append(DeleteItemsd(keys=keys))
+    return Compose(steps)
+
+
+class SplitPaths(Transform):
+    """``image: [path, path, ...]`` -> ``image0``, ``image1``, ... (one key per channel's file)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        paths = list(d.pop("image"))
+        if len(paths) != len(self.keys):
+            raise ValueError(f"expected {len(self.keys)} image paths (one per channel), got {len(paths)}: {paths}")
+        d.update(zip(self.keys, paths))
+        return d
 
 
 def paired_load_transforms(
@@ -195,6 +194,7 @@ def paired_patch_transforms(
 
 __all__ = [
     "IntensityConfig",
+    "SplitPaths",
     "ViewIntensity",
     "ViewIntensityd",
     "ResampleToLabeld",

@@ -322,10 +322,7 @@ class SegmentationModule(L.LightningModule):
             **metrics_metadata(**self.metric_kwargs),
             "organ_set": self.organ_set.name,
             "organs": list(self.organ_set.organs),
-            "model": info.name,
-            "prompt_kind": info.prompt_kind,
-            "oracle": bool(info.oracle),
-            "reported_dice": dict(info.reported_dice),
+            **info.as_row(),
             "eval_grid": "label grid (re-oriented to RAS); PET resampled onto it with trilinear interpolation",
         }
         for (view, organ), value in summary_means(table).items():

@@ -175,6 +175,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data, **data_kwargs(cfg))
     model = instantiate(cfg.model)
+    # a multi-channel model takes each session's scans stacked (e.g. CT + PET, as AutoPET models)
+    datamodule.channels = tuple(getattr(getattr(model, "info", None), "channels", ()) or ())
     module = instantiate(cfg.module, model=model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]

@@ -20,6 +20,11 @@ import torch
 from umd_lightning.organs import OrganSet
 
 PromptKind = Literal["automatic", "class", "text", "point", "box"]
+#: CHANNEL_KINDS: what one input channel of a multi-channel model holds.
+CHANNEL_KINDS = ("anatomical", "PET")
+DEFAULT_MODALITY_POLICY = (
+    "as is: the model's own preprocessing applied to the image as it is, as a user running the model on it would"
+)
 
 
 @dataclass
@@ -46,14 +51,16 @@ class AdapterInfo:
     target_spacing: tuple[float, float, float] | None = None
     #: Dice its own paper reports, per view or "overall": used for the generalisation-gap statistic.
     reported_dice: Mapping[str, float] = field(default_factory=dict)
-    #: The range the model's input intensities are mapped onto from the data module's [0, 1]
-    #: normalisation (e.g. (-1000, 1000) for a model that takes CT in HU); None = used as given.
-    intensity_range: tuple[float, float] | None = None
-    #: The CT window (HU) of the model's own preprocessing; ``data.intensity.ct_window`` should match it.
-    hu_window: tuple[float, float] | None = None
     #: The label map (``umd_lightning/labelmaps/<name>.yaml``) from the model's vocabulary to organ
     #: names; None = the model's output ids are the organ set's ids.
     vocabulary: str | None = None
+    #: The model's own preprocessing, in words (normalisation, resampling, cropping), as its code does it.
+    preprocessing: str = ""
+    #: How a scan of a modality the model was not made for (a PET or MRI for a CT model) enters it.
+    modality_policy: str = DEFAULT_MODALITY_POLICY
+    #: Inputs of a multi-channel model, one per channel: ``anatomical`` (the session's CT or MRI) or
+    #: ``PET`` (its PET on the same grid); empty = one channel, the case's own scan.
+    channels: tuple[str, ...] = ()
 
     def as_row(self) -> dict[str, Any]:
         """The adapter's description as flat JSON-ready values, for results metadata."""
@@ -62,10 +69,11 @@ class AdapterInfo:
             "prompt_kind": self.prompt_kind,
             "oracle": bool(self.oracle),
             "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
-            "intensity_range": None if self.intensity_range is None else list(self.intensity_range),
-            "hu_window": None if self.hu_window is None else list(self.hu_window),
             "vocabulary": self.vocabulary,
             "reported_dice": dict(self.reported_dice),
+            "preprocessing": self.preprocessing,
+            "modality_policy": self.modality_policy,
+            "channels": list(self.channels),
         }
 
 
@@ -73,8 +81,10 @@ class AdapterInfo:
 class SegmentationAdapter(Protocol):
     """A model that segments whole volumes onto an organ set.
 
-    ``image`` is (1, C, D, H, W) float on the CPU, intensity-normalised for its view and resampled to
-    ``info.target_spacing`` when that is set. ``reference`` (D, H, W) is passed only to adapters whose
+    ``image`` is (1, C, D, H, W) float32 on the CPU in physical units (CT in HU, MRI as stored, PET in
+    SUV), RAS-oriented on the label's grid, resampled to ``info.target_spacing`` when that is set;
+    ``meta`` holds the case's ``view``, ``spacing`` (mm per array axis) and ``affine``. Preprocessing
+    belongs to the model: each adapter applies its upstream's own normalisation. ``reference`` (D, H, W) is passed only to adapters whose
     ``info.oracle`` is True (they simulate prompts from it).
     """
 
@@ -91,6 +101,15 @@ class SegmentationAdapter(Protocol):
         organ_set: OrganSet,
         reference: torch.Tensor | None = None,
     ) -> Prediction: ...
+
+
+def check_channels(channels: Any) -> tuple[str, ...]:
+    """A multi-channel model's channel kinds as a tuple, each one of :data:`CHANNEL_KINDS`."""
+    out = tuple(str(c) for c in (channels or ()))
+    bad = [c for c in out if c not in CHANNEL_KINDS]
+    if bad:
+        raise ValueError(f"input channels must each be one of {CHANNEL_KINDS}, got {list(out)}")
+    return out
 
 
 class CheckpointError(RuntimeError):

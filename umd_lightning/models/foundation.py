@@ -1,4 +1,4 @@
-"""What foundation-model adapters share: label harmonisation, intensity mapping, the prompted loop.
+"""What foundation-model adapters share: label harmonisation, the prompted loop.
 
 A foundation model answers in its own vocabulary (TotalSegmentator ids, VISTA3D class ids, text
 names); a :class:`~umd_lightning.organs.LabelMap` (a YAML file in ``umd_lightning/labelmaps``) maps
@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from umd_lightning.models.adapter import AdapterInfo, CheckpointError, Prediction, PromptKind
+from umd_lightning.models.adapter import (
+    DEFAULT_MODALITY_POLICY,
+    AdapterInfo,
+    CheckpointError,
+    Prediction,
+    PromptKind,
+    check_channels,
+)
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator, prompts_to_records
 from umd_lightning.organs import LabelMap, OrganSet, load_label_map
 
@@ -107,10 +114,11 @@ class FoundationAdapter(nn.Module):
         oracle: whether its prompts come from the reference label.
         target_spacing: spacing (mm) the volumes are resampled to first.
         reported_dice: Dice its paper reports, per view or ``overall``.
-        intensity_range: where the data module's [0, 1] intensities are mapped before the model.
-        hu_window: the CT window of the model's own preprocessing (documentation and data config).
         label_map: name or YAML path of the vocabulary -> organ map; None = the model's ids are the
             organ set's ids.
+        preprocessing: the model's own preprocessing in words (stated in results metadata).
+        modality_policy: how a scan of another modality than the model's enters it.
+        channels: per input channel ``anatomical`` or ``PET`` (multi-channel models); empty = one.
     """
 
     def __init__(
@@ -121,9 +129,10 @@ class FoundationAdapter(nn.Module):
         oracle: bool = False,
         target_spacing: Sequence[float] | None = None,
         reported_dice: Mapping[str, float] | None = None,
-        intensity_range: Sequence[float] | None = None,
-        hu_window: Sequence[float] | None = None,
         label_map: str | LabelMap | None = None,
+        preprocessing: str = "",
+        modality_policy: str = DEFAULT_MODALITY_POLICY,
+        channels: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.label_map: LabelMap | None = (
@@ -135,9 +144,10 @@ class FoundationAdapter(nn.Module):
             oracle=oracle,
             target_spacing=None if target_spacing is None else tuple(float(s) for s in target_spacing),
             reported_dice=dict(reported_dice or {}),
-            intensity_range=None if intensity_range is None else (float(intensity_range[0]), float(intensity_range[1])),
-            hu_window=None if hu_window is None else (float(hu_window[0]), float(hu_window[1])),
             vocabulary=None if self.label_map is None else self.label_map.name,
+            preprocessing=str(preprocessing),
+            modality_policy=str(modality_policy),
+            channels=check_channels(channels),
         )
         # follows the module's device even when the wrapped model is not a registered submodule
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
@@ -155,13 +165,6 @@ class FoundationAdapter(nn.Module):
         if self.label_map is None:
             raise ValueError(f"{self.info.name}: no label map, so no vocabulary entries")
         return [k for k, v in self.label_map.mapping.items() if v == organ]
-
-    def to_model_range(self, image: torch.Tensor) -> torch.Tensor:
-        """Map the data module's [0, 1] intensities onto ``info.intensity_range`` (as is when None)."""
-        if self.info.intensity_range is None:
-            return image
-        lo, hi = self.info.intensity_range
-        return image * (hi - lo) + lo
 
     def harmonise(self, labels: np.ndarray | torch.Tensor, organ_set: OrganSet) -> torch.Tensor:
         """Labels in the model's vocabulary ids -> (D, H, W) uint8 on the organ set's ids."""

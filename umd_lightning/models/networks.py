@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from umd_lightning.intensity import IntensityConfig, normalise_view
 from umd_lightning.models.adapter import AdapterInfo, Prediction, load_state_dict_checked
 from umd_lightning.models.fast_norm import use_group_norm_kernel
 from umd_lightning.organs import LabelMap, OrganSet, load_label_map
@@ -32,9 +33,10 @@ class MonaiNetworkAdapter(nn.Module):
         label_map: for a network trained on another vocabulary (a BTCV or TotalSegmentator
             checkpoint): the label map (name or YAML path) from its output channels to organ names.
             None = the output channels are the organ set's ids.
-        intensity_range: where the data module's [0, 1] intensities are mapped before the network
-            (None = as given, the case for networks trained here).
-        hu_window: the CT window of the network's own training preprocessing, for the data config.
+        intensity: the network's own preprocessing: the per-view normalisation it was trained on
+            (:class:`~umd_lightning.intensity.IntensityConfig`; CT HU window, MRI percentiles, PET SUV
+            range), applied to the physical units the data module hands over. A bundle trained with
+            ``ScaleIntensityRanged(a_min, a_max, 0, 1, clip=True)`` on CT is ``ct_window: [a_min, a_max]``.
     """
 
     def __init__(
@@ -51,8 +53,7 @@ class MonaiNetworkAdapter(nn.Module):
         tta: bool = False,
         autocast: str | None = None,
         label_map: str | LabelMap | None = None,
-        intensity_range: Sequence[float] | None = None,
-        hu_window: Sequence[float] | None = None,
+        intensity: IntensityConfig | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.label_map: LabelMap | None = (
@@ -69,15 +70,15 @@ class MonaiNetworkAdapter(nn.Module):
         self.mode = mode
         self.tta = tta
         self.autocast = autocast
+        self.intensity = IntensityConfig.of(intensity)
         self.info = AdapterInfo(
             name=name,
             prompt_kind="automatic",
             oracle=False,
             target_spacing=None if target_spacing is None else tuple(float(s) for s in target_spacing),
             reported_dice=dict(reported_dice or {}),
-            intensity_range=None if intensity_range is None else (float(intensity_range[0]), float(intensity_range[1])),
-            hu_window=None if hu_window is None else (float(hu_window[0]), float(hu_window[1])),
             vocabulary=None if self.label_map is None else self.label_map.name,
+            preprocessing=_describe(self.intensity, target_spacing),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,9 +100,7 @@ class MonaiNetworkAdapter(nn.Module):
         from umd_lightning.models.inference import sliding_window_labels
 
         device = next(self.net.parameters()).device
-        if self.info.intensity_range is not None:
-            lo, hi = self.info.intensity_range
-            image = image * (hi - lo) + lo
+        image = normalise_view(image, str(meta["view"]), self.intensity)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.autocast), None)
         labels = sliding_window_labels(
             image,
@@ -117,3 +116,13 @@ class MonaiNetworkAdapter(nn.Module):
         if self.label_map is not None:
             labels = torch.as_tensor(self.label_map.apply(labels.cpu().numpy(), organ_set))
         return Prediction(labels=labels)
+
+
+def _describe(intensity: IntensityConfig, target_spacing: Sequence[float] | None) -> str:
+    spacing = "the label grid" if target_spacing is None else "x".join(f"{float(s):g}" for s in target_spacing) + " mm"
+    lo, hi = intensity.ct_window
+    plo, phi = intensity.mri_percentiles
+    return (
+        f"resampled to {spacing}; CT window {lo:g}..{hi:g} HU, MRI {plo:g}-{phi:g} percentiles of the scan, "
+        f"PET SUV 0..{intensity.pet_suv_max:g}, each mapped to [0, 1] and clipped"
+    )
