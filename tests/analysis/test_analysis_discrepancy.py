@@ -159,6 +159,21 @@ def test_generalisation_gap_by_hand():
     assert np.isnan(none.loc["CT", "gap"]) and none.loc["CT", "reported_key"] == ""
 
 
+def test_generalisation_gap_uses_organ_values_where_given():
+    df = paired_table()
+    rep = {"m": {"CT/liver": 0.95, "CT": 0.9}}
+    gap = generalisation_gap(df, rep).set_index("view")
+    liver_ct, spleen_ct = np.mean([*LIVER_CT.values(), 0.99]), np.mean([*SPLEEN_CT.values(), 0.99])
+    # liver against its own reported value, spleen against the view's mean: like with like
+    assert gap.loc["CT", "reported_dice"] == pytest.approx((0.95 + 0.9) / 2)
+    assert gap.loc["CT", "gap"] == pytest.approx((0.95 - liver_ct + 0.9 - spleen_ct) / 2)
+    assert gap.loc["CT", "n_organs_reported"] == 1
+    assert gap.loc["CT", "reported_key"] == "CT/<organ> for 1 of 2 organs, CT for the rest"
+    # without a fallback, a partial organ list gives no mean rather than a biased one
+    partial = generalisation_gap(df, {"m": {"CT/liver": 0.95}}).set_index("view")
+    assert np.isnan(partial.loc["CT", "gap"])
+
+
 def test_reported_from_meta_accepts_flat_and_per_model_forms():
     assert reported_from_meta({"reported_dice": {"CT": 0.9}}, ["a", "b"]) == {"a": {"CT": 0.9}, "b": {"CT": 0.9}}
     assert reported_from_meta({"model": "a", "reported_dice": {"CT": 0.9}}, ["a", "b"]) == {"a": {"CT": 0.9}}
