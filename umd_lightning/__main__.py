@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from umd_lightning.config import config_dir
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from umd_lightning.config import ConfigError
     from umd_lightning.data.manifest import ManifestError
     from umd_lightning.data.splits import SplitError
     from umd_lightning.models.adapter import CheckpointError, MissingExtraError
 
-    return (ManifestError, SplitError, CheckpointError, MissingExtraError, FileNotFoundError)
+    return (ConfigError, ManifestError, SplitError, CheckpointError, MissingExtraError, FileNotFoundError)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -25,14 +31,48 @@ def main(cfg: DictConfig) -> None:
     from umd_lightning.lit.run import run
 
     try:
-        run(cfg)
-    except InstantiationException as exc:
-        cause = exc.__cause__
+        result = run(cfg)
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, InstantiationException) and exc.__cause__ is not None else exc
+        if _in_sweep():
+            # one job of a sweep over models must not end the sweep: the protocol report lists it as failed
+            _record_failed_job(cfg, cause)
+            return
         if isinstance(cause, _user_errors()):
             _fail(cause)
         raise
-    except _user_errors() as exc:
-        _fail(exc)
+    _exit_if_cases_failed(result)
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failed_job(cfg: DictConfig, exc: BaseException) -> None:
+    from umd_lightning.lit.run import FAILED_FILE
+
+    out = Path(str(OmegaConf.select(cfg, "paths.output_dir", default=".")))
+    out.mkdir(parents=True, exist_ok=True)
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    tmp = out / f".{FAILED_FILE}.tmp"
+    tmp.write_text(json.dumps({"model": OmegaConf.select(cfg, "model.name"), "status": "failed", "error": message}))
+    os.replace(tmp, out / FAILED_FILE)
+    logging.getLogger("umd_lightning").error("job failed: %s\n%s", message, traceback.format_exc())
+    print(f"umd_lightning: job failed ({out}): {message}", file=sys.stderr)
+
+
+def _exit_if_cases_failed(result: dict) -> None:
+    """Exit 1 after everything is written when a case failed (as ``evaluate`` does); a sweep goes on."""
+    table = result.get("results")
+    if table is None or not len(table) or "status" not in table:
+        return
+    failed = sorted(table.loc[table["status"] == "failed", "case_id"].unique())
+    if failed and not _in_sweep():
+        print(f"umd_lightning: {len(failed)} case(s) failed (rows with status 'failed' in the results table)", file=sys.stderr)
+        sys.exit(1)
 
 
 def _fail(exc: BaseException) -> None:

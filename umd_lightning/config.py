@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 def config_dir() -> Path:
@@ -28,6 +29,36 @@ def num_classes(organ_set: str) -> int:
     from umd_lightning.organs import get_organ_set
 
     return get_organ_set(organ_set).num_classes
+
+
+class ConfigError(ValueError):
+    """A user's mistake in the composed config (a value left out); the message is one line."""
+
+
+def apply_per_model(cfg: DictConfig) -> dict[str, Any]:
+    """Merge ``per_model.<model name>`` into ``model``: the settings of one model in a sweep over models.
+
+    A sweep over ``model=a,b,...`` cannot pass ``model.checkpoint=...`` to one model only (the other
+    models have no such key); ``per_model.a.checkpoint=...`` reaches model ``a`` alone. Null values are
+    left out, so a model whose weights are not given keeps its mandatory ``???``.
+
+    Returns:
+        The values merged.
+    """
+    name = OmegaConf.select(cfg, "model.name")
+    given = OmegaConf.select(cfg, f"per_model.{name}") if name else None
+    if not given:
+        return {}
+    values = {k: v for k, v in given.items() if v is not None}
+    with open_dict(cfg.model):
+        for key, value in values.items():
+            OmegaConf.update(cfg.model, str(key), value, merge=True, force_add=True)
+    return {str(k): OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in values.items()}
+
+
+def missing_values(cfg: DictConfig) -> list[str]:
+    """Mandatory values (``???``) the config still lacks, as dotted keys (Hydra's own settings aside)."""
+    return sorted(k for k in map(str, OmegaConf.missing_keys(cfg)) if not k.startswith("hydra."))
 
 
 def register_resolvers() -> None:

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from umd_lightning.config import ConfigError, apply_per_model, missing_values
 from umd_lightning.data.splits import SplitError
 from umd_lightning.lit.module import finished_cases
 from umd_lightning.organs import VIEWS
@@ -25,6 +26,10 @@ from umd_lightning.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
+#: Written into a run folder instead of results when its model had no weights configured (sweeps).
+SKIPPED_FILE = "skipped.json"
+#: Written into a sweep job's run folder when the job stopped with an error (the sweep goes on).
+FAILED_FILE = "failed.json"
 PACKAGES = ("umd_lightning", "torch", "lightning", "monai", "torchmetrics", "hydra-core", "nibabel", "numpy", "wandb")
 
 
@@ -166,12 +171,34 @@ def print_summary(table: pd.DataFrame) -> None:
         Console(stderr=True).print(f"[red]{len(failed)} case(s) failed:[/red] {', '.join(failed)}")
 
 
+def skip_unconfigured(cfg: DictConfig, out: Path, missing: list[str]) -> dict[str, Any]:
+    """A model whose weights are not given: recorded as skipped in a sweep that allows it, else one line.
+
+    Raises:
+        ConfigError: values are missing and ``skip_unconfigured`` is off (or data values are missing).
+    """
+    name = str(OmegaConf.select(cfg, "model.name") or "model")
+    if not (cfg.get("skip_unconfigured") and all(k.startswith("model.") for k in missing)):
+        raise ConfigError(f"no value for {', '.join(missing)}: pass " + " ".join(f"{k}=<value>" for k in missing))
+    enable = " ".join(f"per_model.{name}.{k.removeprefix('model.')}=PATH" for k in missing)
+    record = {"model": name, "status": "skipped", "missing": missing, "enable_with": enable}
+    tmp = out / ".skipped.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / SKIPPED_FILE)
+    log.warning("model %s skipped: no %s (enable with %s)", name, ", ".join(missing), enable)
+    return record
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test as the config says; return the run folder and the results table."""
     keep_freed_memory()
     L.seed_everything(int(cfg.seed), workers=True)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    apply_per_model(cfg)
+    missing = missing_values(cfg)
+    if missing:
+        return {"output_dir": out, "skipped": skip_unconfigured(cfg, out, missing)}
 
     datamodule = instantiate(cfg.data, **data_kwargs(cfg))
     model = instantiate(cfg.model)
