@@ -1,19 +1,28 @@
 """VISTA3D (``monai.networks.nets.vista3d``) with class prompts or simulated point prompts.
 
-Class prompts (automatic, not oracle): every organ the VISTA3D vocabulary names is asked for by its
-class id(s) (``labelmaps/vista3d.yaml``; the lung as its five lobes); the per-class logits are merged
-per organ by their maximum and a voxel is background where every organ's logit is <= 0, as VISTA3D's
-own post-processing does. The volume goes through the streamed sliding window.
+The adapter runs VISTA3D's own inference pipeline (Project-MONAI/VISTA ``vista3d/configs/infer.yaml``
+and ``scripts/infer.py``, built from MONAI components) on the physical-unit volume it is handed:
 
-Point prompts (oracle): one simulated click per organ (plus random/corrective clicks, see
-:mod:`~umd_lightning.models.prompts`), run with MONAI's ``point_based_window_inferer`` on windows
-centred on the clicks, class-agnostic (VISTA3D's point head) unless the organ is one VISTA3D class.
+1. ``ScaleIntensityRanged`` -963.82..1053.68 -> 0..1, clipped (the same window for every modality: a
+   PET or MRI enters as it is, as a user running VISTA3D on it would);
+2. ``Spacingd`` to 1.5 mm isotropic (bilinear, ``align_corners=True``); the input is RAS already, so
+   the upstream's ``Orientationd("RAS")`` is the identity here;
+3. class prompts: ``sliding_window_inference`` with 128³ windows, overlap 0.625, Gaussian blending,
+   the VISTA3D class ids of every organ the vocabulary names (``labelmaps/vista3d.yaml``; the lung as
+   its five lobes); point prompts: MONAI's ``point_based_window_inferer`` on windows centred on the
+   simulated clicks, then the connected components that hold a positive click
+   (``keep_components_with_positive_points``), as the bundle's post-processing does;
+4. ``VistaPostTransformd`` (argmax over the prompted classes, background where every logit <= 0, the
+   channel index mapped back to the class id) and ``Invertd`` (nearest) back onto the input grid;
+5. VISTA3D class ids -> organ-set ids through the label map (the lobes merge into the lung).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,11 +31,16 @@ from umd_lightning.models.foundation import PromptedAdapter, Region
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator
 from umd_lightning.organs import OrganSet
 
-__all__ = ["Vista3DAdapter", "build_vista3d"]
+__all__ = ["VISTA3D_INTENSITY_RANGE", "VISTA3D_PREPROCESSING", "Vista3DAdapter", "build_vista3d"]
 
-#: VISTA3D's own CT preprocessing: HU window scaled to [0, 1] (MONAI model-zoo bundle vista3d).
-VISTA3D_HU_WINDOW = (-963.8, 1053.7)
-_NINF = -9999.0
+#: VISTA3D's ``ScaleIntensityRanged`` a_min / a_max (HU mapped onto [0, 1]; infer.yaml's exact values).
+VISTA3D_INTENSITY_RANGE = (-963.8247715525971, 1053.678477684517)
+VISTA3D_PREPROCESSING = (
+    "VISTA3D's own (Project-MONAI/VISTA configs/infer.yaml): intensities -963.8..1053.7 scaled to [0, 1] "
+    "and clipped, RAS, resampled to 1.5 mm (bilinear, align_corners), 128^3 Gaussian sliding window with "
+    "overlap 0.625, argmax over the prompted classes (background where every logit <= 0), inverted back "
+    "onto the input grid (nearest)"
+)
 
 
 def build_vista3d(
@@ -38,7 +52,8 @@ def build_vista3d(
 ) -> nn.Module:
     """A VISTA3D network; the defaults are exactly ``monai.networks.nets.vista3d132``.
 
-    Smaller ``encoder_embed_dim`` and ``blocks_down`` give the tiny variants the tests use.
+    ``build_vista3d(encoder_embed_dim=E)`` equals ``vista3d132(encoder_embed_dim=E)`` (the tiny
+    variants the agreement tests build); smaller ``blocks_down`` give still smaller ones.
     """
     from monai.networks.nets.segresnet_ds import SegResNetDS2
     from monai.networks.nets.vista3d import VISTA3D, ClassMappingClassify, PointMappingSAM
@@ -56,46 +71,26 @@ def build_vista3d(
     return VISTA3D(image_encoder=encoder, class_head=class_head, point_head=point_head)
 
 
-class _ClassPredictor(nn.Module):
-    """Windows (B, C, *roi) -> organ-set logits (B, K, *roi): channel 0 is the background threshold 0,
-    an organ's channel is the max over its VISTA3D classes, organs VISTA3D cannot name stay at -inf.
-    """
-
-    def __init__(self, net: nn.Module, class_ids: Sequence[int], channel_of_class: Sequence[int], num_channels: int):
-        super().__init__()
-        self.net = net
-        self.register_buffer("class_vector", torch.tensor(list(class_ids), dtype=torch.long)[:, None], persistent=False)
-        self.channel_of_class = list(channel_of_class)
-        self.num_channels = int(num_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x, class_vector=self.class_vector, transpose=True)  # (B, N, *roi)
-        out = torch.full((x.shape[0], self.num_channels, *x.shape[2:]), _NINF, dtype=logits.dtype, device=x.device)
-        out[:, 0] = 0.0
-        for j, ch in enumerate(self.channel_of_class):
-            out[:, ch] = torch.maximum(out[:, ch], logits[:, j])
-        return out
-
-
 class Vista3DAdapter(PromptedAdapter):
-    """VISTA3D on the organ set.
+    """VISTA3D on the organ set, through VISTA3D's own preprocessing and post-processing.
 
     Args:
         net: the VISTA3D network (``build_vista3d`` or ``monai.networks.nets.vista3d132``), built by Hydra.
         name: name in results tables.
-        checkpoint: weights (the bundle's ``models/model.pt``), loaded with ``weights_only=True``.
+        checkpoint: weights (the bundle's ``models/model.pt``, a plain state dict), loaded with
+            ``weights_only=True``.
         prompt: ``class`` (automatic, class prompts) or ``point`` (simulated clicks, oracle).
         prompts: the prompt simulator's settings (point mode).
-        roi_size: window size (D, H, W).
-        sw_batch_size: windows per call in class mode.
-        overlap: window overlap in class mode.
-        mode: sliding-window blending.
-        target_spacing: spacing (mm) VISTA3D was trained at (1.5 mm isotropic).
+        roi_size: window size (128³ upstream).
+        sw_batch_size: windows per forward pass.
+        overlap: window overlap (0.625 upstream).
+        mode: sliding-window blending (``gaussian`` upstream).
+        target_spacing: the spacing (mm) VISTA3D resamples to, inside the adapter (1.5 mm isotropic
+            upstream); None keeps the input grid. The Lightning module never resamples for this model.
+        intensity_range: VISTA3D's ``ScaleIntensityRanged`` window (a_min, a_max), mapped onto [0, 1].
         reported_dice: Dice its paper reports.
-        intensity_range: input range of the network ([0, 1]).
-        hu_window: VISTA3D's CT window (-963.8, 1053.7) HU.
         label_map: VISTA3D class ids -> organ names.
-        autocast: ``bf16`` / ``fp16`` on a GPU.
+        autocast: ``fp16`` (upstream's ``amp: true``) or ``bf16`` on a GPU; ignored on the CPU.
     """
 
     def __init__(
@@ -107,12 +102,11 @@ class Vista3DAdapter(PromptedAdapter):
         prompts: PromptSimulator | Mapping[str, Any] | None = None,
         roi_size: Sequence[int] = (128, 128, 128),
         sw_batch_size: int = 1,
-        overlap: float = 0.5,
+        overlap: float = 0.625,
         mode: Literal["gaussian", "constant"] = "gaussian",
         target_spacing: Sequence[float] | None = (1.5, 1.5, 1.5),
+        intensity_range: Sequence[float] = VISTA3D_INTENSITY_RANGE,
         reported_dice: Mapping[str, float] | None = None,
-        intensity_range: Sequence[float] | None = (0.0, 1.0),
-        hu_window: Sequence[float] | None = VISTA3D_HU_WINDOW,
         label_map: str = "vista3d",
         autocast: str | None = None,
     ) -> None:
@@ -123,11 +117,10 @@ class Vista3DAdapter(PromptedAdapter):
             prompts=prompts,
             prompt_kind="class" if prompt == "class" else "point",
             oracle=prompt == "point",  # class prompts never look at the reference
-            target_spacing=target_spacing,
+            target_spacing=None,  # VISTA3D resamples itself (Spacingd inside the adapter)
             reported_dice=reported_dice,
-            intensity_range=intensity_range,
-            hu_window=hu_window,
             label_map=label_map,
+            preprocessing=VISTA3D_PREPROCESSING,
         )
         self.net = net
         self.prompt = prompt
@@ -139,6 +132,9 @@ class Vista3DAdapter(PromptedAdapter):
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.mode = mode
+        self.spacing = None if target_spacing is None else tuple(float(s) for s in target_spacing)
+        lo, hi = (float(v) for v in intensity_range)
+        self.intensity_range = (lo, hi)
         self.autocast = autocast
 
     def organs_predicted(self, organ_set: OrganSet) -> tuple[str, ...]:
@@ -152,6 +148,53 @@ class Vista3DAdapter(PromptedAdapter):
             for o in self.organs_predicted(organ_set)
         ]
 
+    # ---------------------------------------------------------------- VISTA3D's pipeline
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.autocast))
+        if dtype is None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _preprocessing(self) -> Any:
+        """infer.yaml's ``transforms_infer`` after loading: scale, (orientation: identity), spacing, cast."""
+        from monai.transforms import CastToTyped, Compose, ScaleIntensityRanged, Spacingd
+
+        lo, hi = self.intensity_range
+        steps: list = [ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)]
+        if self.spacing is not None:
+            steps.append(Spacingd(keys="image", pixdim=self.spacing, mode="bilinear", align_corners=True))
+        steps.append(CastToTyped(keys="image", dtype=torch.float32))
+        return Compose(steps)
+
+    def prepare(self, image: torch.Tensor, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """(1, 1, D, H, W) physical units on the RAS input grid -> VISTA3D's input, with its transform trace."""
+        from monai.data import MetaTensor
+
+        if image.shape[1] != 1:
+            raise ValueError(f"{self.info.name}: VISTA3D takes one channel, got {image.shape[1]}")
+        affine = meta.get("affine")
+        if affine is None:  # a bare volume: its spacing (or 1 mm) along the array axes
+            affine = np.diag([*(float(s) for s in meta.get("spacing", (1.0, 1.0, 1.0))), 1.0])
+        x = MetaTensor(image[0].detach().cpu().float().as_subclass(torch.Tensor), affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
+        pre = self._preprocessing()
+        data = pre({"image": x})
+        data["_transform"] = pre
+        data["input_affine"] = np.asarray(affine, dtype=np.float64)
+        return data
+
+    def _invert(self, prepared: dict[str, Any], pred: torch.Tensor) -> torch.Tensor:
+        """A (C, *model grid) map -> (C, *input grid), as the upstream's ``Invertd(nearest_interp=True)``."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        image = prepared["image"]
+        if not image.applied_operations:  # no resampling: the model grid is the input grid
+            return torch.as_tensor(pred).cpu().as_subclass(torch.Tensor)
+        pred = MetaTensor(torch.as_tensor(pred).cpu().as_subclass(torch.Tensor), meta=dict(image.meta))
+        data = {"image": image, "pred": pred}
+        out = Invertd(keys="pred", transform=prepared["_transform"], orig_keys="image", nearest_interp=True, to_tensor=True)(data)
+        return torch.as_tensor(out["pred"]).as_subclass(torch.Tensor)
+
     @torch.no_grad()
     def predict_volume(
         self,
@@ -162,47 +205,64 @@ class Vista3DAdapter(PromptedAdapter):
     ) -> Prediction:
         if self.prompt == "point":
             return super().predict_volume(image, meta, organ_set, reference)
-        from umd_lightning.models.inference import sliding_window_labels
+        from monai.apps.vista3d.transforms import VistaPostTransformd
+        from monai.inferers import sliding_window_inference
 
         prompts = self.class_prompts(organ_set)
         class_ids = [c for p in prompts for c in p["class_ids"]]
-        channels = [p["label"] for p in prompts for _ in p["class_ids"]]
         if not class_ids:
             return Prediction(labels=torch.zeros(image.shape[-3:], dtype=torch.uint8), prompts=prompts)
-        predictor = _ClassPredictor(self.net, class_ids, channels, organ_set.num_classes).to(self.device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(self.autocast))
-        labels = sliding_window_labels(
-            self.to_model_range(image),
-            predictor,
-            self.roi_size,
-            sw_batch_size=self.sw_batch_size,
-            overlap=self.overlap,
-            mode=self.mode,
-            device=self.device,
-            autocast=dtype if (dtype is not None and self.device.type == "cuda") else False,
-        )
+        prepared = self.prepare(image, meta)
+        class_vector = torch.tensor(class_ids, device=self.device)
+
+        def predictor(window: torch.Tensor, **_: Any) -> torch.Tensor:
+            # infer.py's infer_wrapper: the model's (N, 1, *roi) output as (1, N, *roi)
+            return self.net(window, class_vector=class_vector, transpose=True)
+
+        with self._autocast():
+            logits = sliding_window_inference(
+                prepared["image"][None],
+                roi_size=self.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=predictor,
+                overlap=self.overlap,
+                mode=self.mode,
+                sw_device=self.device,
+                device=torch.device("cpu"),
+            )
+        post = VistaPostTransformd(keys="pred")({"pred": logits[0].float(), "label_prompt": torch.tensor(class_ids)})
+        vista_ids = self._invert(prepared, post["pred"])[0]
+        labels = self.harmonise(torch.round(vista_ids).clamp_min(0).long(), organ_set)
         return Prediction(labels=labels.to(torch.uint8), prompts=prompts)
 
     # ---------------------------------------------------------------- point prompts
-    def prepare(self, image: torch.Tensor, meta: Mapping[str, Any]) -> torch.Tensor:
-        return self.to_model_range(image).float()
-
     def segment_organ(
-        self, prepared: torch.Tensor, prompts: OrganPrompts, previous: Any | None
+        self, prepared: dict[str, Any], prompts: OrganPrompts, previous: Any | None
     ) -> tuple[Region | None, torch.Tensor, Any]:
         from monai.apps.vista3d.inferer import point_based_window_inferer
+        from monai.transforms.utils import keep_components_with_positive_points
 
         coords, labels = prompts.coords_labels()
+        image = prepared["image"]
+        # clicks on the input grid -> the model grid (infer.py's transform_points: world coordinates between)
+        src = np.asarray(prepared["input_affine"], dtype=np.float64)
+        dst = np.asarray(image.affine, dtype=np.float64)
+        idx = (np.linalg.inv(dst) @ src @ np.c_[coords, np.ones(len(coords))].T)[:3].T
         keys = self.source_keys(prompts.organ) if self.label_map is not None else []
         prompt_class = torch.tensor([int(keys[0])], device=self.device) if len(keys) == 1 else None
-        out = point_based_window_inferer(
-            prepared.to(self.device),
-            self.roi_size,
-            self.net,
-            point_coords=torch.as_tensor(coords, device=self.device)[None].float(),
-            point_labels=torch.as_tensor(labels, device=self.device)[None],
-            prompt_class=prompt_class,
-            transpose=True,
-        )
-        # (1, 1, D, H, W); voxels outside every window are NaN and never win
-        return None, torch.as_tensor(out)[0, 0].float().cpu(), None
+        point_coords = torch.as_tensor(idx, dtype=torch.float32, device=self.device)[None]
+        point_labels = torch.as_tensor(labels, device=self.device)[None]
+        with self._autocast():
+            out = point_based_window_inferer(
+                image[None].to(self.device),
+                self.roi_size,
+                self.net,
+                point_coords=point_coords,
+                point_labels=point_labels,
+                prompt_class=prompt_class,
+                transpose=True,
+            )
+        out = torch.as_tensor(out).float()  # (1, 1, *model grid); NaN outside every window
+        out = keep_components_with_positive_points(out, point_coords=point_coords, point_labels=point_labels)
+        scores = self._invert(prepared, out[0].cpu())[0]
+        return None, scores.float(), None
