@@ -165,8 +165,10 @@ def test_vista3d_class_prompts(compose_cfg, vista_ckpt):
     # independent: VISTA3D's own post-processing (max over an organ's classes, background if all <= 0)
     organs = list(VISTA_IDS)
     classes = [c for o in organs for c in VISTA_IDS[o]]
+    lo, hi = adapter.intensity_range  # VISTA3D's own ScaleIntensityRanged, applied by the adapter
     with torch.no_grad():
-        logits = adapter.net(image, class_vector=torch.tensor(classes)[:, None], transpose=True)[0]
+        logits = adapter.net(((image - lo) / (hi - lo)).clamp(0, 1), class_vector=torch.tensor(classes)[:, None],
+                             transpose=True)[0]
     per_organ, i = [], 0
     for o in organs:
         n = len(VISTA_IDS[o])
