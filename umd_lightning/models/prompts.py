@@ -259,6 +259,10 @@ class PromptSimulator:
         box_jitter: each box side is pushed outward by up to this fraction of the box's extent.
         corrective_clicks: number of corrective clicks an adapter may ask for per organ.
         use_spacing: measure "farthest from the boundary" in mm (else in voxels).
+        box_slice_axis: None: 3D boxes around the organ. An axis (2 = axial on a RAS grid): 2D boxes, the
+            bounding box of the organ's cross-section on the slice through its centre point (the
+            deepest voxel of its largest component) perpendicular to that axis, width 1 along it, as a
+            user draws a box on one slice (nnInteractive accepts only such boxes).
     """
 
     seed: int = 0
@@ -268,10 +272,13 @@ class PromptSimulator:
     box_jitter: float = 0.0
     corrective_clicks: int = 0
     use_spacing: bool = True
+    box_slice_axis: int | None = None
 
     def __post_init__(self) -> None:
         if self.k_random < 0 or self.corrective_clicks < 0 or self.box_jitter < 0:
             raise ValueError("PromptSimulator: k_random, corrective_clicks and box_jitter must be >= 0")
+        if self.box_slice_axis not in (None, 0, 1, 2):
+            raise ValueError(f"PromptSimulator: box_slice_axis must be None, 0, 1 or 2, got {self.box_slice_axis!r}")
         if not (self.center_point or self.k_random or self.boxes):
             raise ValueError("PromptSimulator: no prompt at all (center_point, k_random and boxes all off)")
 
@@ -329,8 +336,20 @@ class PromptSimulator:
             for c in random_points(mask, self.k_random, rng):
                 op.points.append(PointPrompt(organ, label, shift(c), True, "random"))
             if self.boxes:
-                corners = bounding_box(mask, jitter=self.box_jitter, rng=rng)
+                box_mask = mask
+                if self.box_slice_axis is not None:
+                    ax = self.box_slice_axis
+                    centre = center_point(mask, sp)
+                    assert centre is not None
+                    at = centre[ax]
+                    box_mask = np.zeros_like(mask)
+                    box_mask[(slice(None),) * ax + (at,)] = mask[(slice(None),) * ax + (at,)]
+                corners = bounding_box(box_mask, jitter=self.box_jitter, rng=rng)
                 assert corners is not None
+                if self.box_slice_axis is not None:  # jitter never widens the slice
+                    lo, hi = list(corners[0]), list(corners[1])
+                    lo[ax] = hi[ax] = int(at)
+                    corners = (tuple(lo), tuple(hi))  # type: ignore[assignment]
                 # the crop's margin is at least the jitter's reach, so clipping to it clips to the volume
                 op.box = BoxPrompt(organ, label, shift(corners[0]), shift(corners[1]), self.box_jitter)
             out[organ] = op
