@@ -1,39 +1,127 @@
-"""nnInteractive through its package, prompted with simulated clicks (and optionally boxes).
+"""nnInteractive through its package's own inference session, prompted with simulated clicks (or 2D boxes).
 
-The session API of the ``nninteractive`` package: ``set_image`` once per volume, then per organ
-``reset_interactions`` and one ``add_point_interaction`` / ``add_bbox_interaction`` per prompt; the
-organ's mask is the session's target buffer. Corrective clicks are added to the same session, one at
-a time, as a user would. Every ``torch.load`` inside the package runs with ``weights_only=True``.
+The session API of the ``nninteractive`` package, driven as its README drives it: ``set_image`` once
+per volume (the image raw: the session z-scores it itself over the image's nonzero bounding box; no
+window, no resampling), ``set_target_buffer``, then per organ ``reset_interactions`` and one
+``add_bbox_interaction`` / ``add_point_interaction`` per prompt; the organ's mask is the session's
+target buffer. Corrective clicks are added to the same session one at a time, as a user would.
 
-Optional extra: ``pip install 'umd_lightning[nninteractive]'``; the model folder (the one holding
-``nnInteractive_v1.0``'s ``plans.json`` and ``fold_0``) must be local.
+Axes: nnInteractive's README reads a file with SimpleITK and hands the session
+``GetArrayFromImage(image)[None]``: the file's voxels in storage order, axes reversed (z, y, x), never
+reoriented. Our volumes are RAS on the label's grid, so the adapter puts them back into the label
+file's storage order (from ``meta["label_path"]``'s header and ``meta["affine"]``) and reverses the
+axes; prompts go the same way and the mask comes back. Without a readable label file the RAS volume
+is handed over as (z, y, x), which is what SimpleITK gives for a RAS-stored file.
+
+Boxes: the released model takes only 2D boxes (one axis of width 1); box prompts are simulated on
+one slice, by default the axial slice through the organ's centre point (``box_slice_axis: 2``).
+
+The checkpoint is read with ``torch.load(weights_only=True)`` (the package itself asks for
+``weights_only=False``); nothing is downloaded: the model folder (the released ``nnInteractive_v1.0``
+folder: ``plans.json``, ``dataset.json``, ``inference_session_class.json``, ``fold_0``) must be local.
+
+Optional extra: ``pip install 'umd_lightning[nninteractive]'``.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Mapping, Sequence
+import contextlib
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from umd_lightning.models.adapter import optional_import, weights_only_loading
+from umd_lightning.models.adapter import CheckpointError, optional_import, weights_only_loading
 from umd_lightning.models.foundation import PromptedAdapter, Region, require_path
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator
 
-__all__ = ["NnInteractiveAdapter"]
+__all__ = ["NnInteractiveAdapter", "SessionAxes"]
+
+PREPROCESSING = (
+    "nnInteractive's own: the image raw, in the file's storage order as its README reads it with SimpleITK; "
+    "the session z-scores it over its nonzero bounding box and works on the image's own grid (no resampling)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionAxes:
+    """How the RAS volume maps onto the array nnInteractive is given (the file as SimpleITK reads it).
+
+    ``file = flip(transpose(ras, perm), flips)``; the session array is ``file`` with its axes reversed.
+
+    Attributes:
+        perm: file axis j holds RAS axis ``perm[j]``.
+        flips: file axis j runs against its RAS axis.
+        shape: the RAS volume's shape.
+    """
+
+    perm: tuple[int, int, int] = (0, 1, 2)
+    flips: tuple[bool, bool, bool] = (False, False, False)
+    shape: tuple[int, int, int] = (0, 0, 0)
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], shape: Sequence[int]) -> SessionAxes:
+        """The label file's storage order relative to the RAS volume (identity when it cannot be read)."""
+        shape = tuple(int(s) for s in shape)
+        path, affine = meta.get("label_path"), meta.get("affine")
+        if not path or affine is None or not Path(str(path)).is_file():
+            return cls(shape=shape)  # type: ignore[arg-type]
+        import nibabel as nib
+
+        img = nib.load(str(path))  # the header only
+        # RAS voxel index -> file voxel index; a signed permutation for grids that differ by orientation only
+        m = np.linalg.inv(np.asarray(img.affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64)
+        rot = np.rint(m[:3, :3]).astype(int)
+        if not (np.abs(rot).sum(axis=1) == 1).all() or not (np.abs(rot).sum(axis=0) == 1).all():
+            raise CheckpointError(f"{path}: the label grid is not an axis permutation of the RAS volume's grid")
+        perm = tuple(int(np.flatnonzero(rot[j])[0]) for j in range(3))
+        flips = tuple(bool(rot[j, perm[j]] < 0) for j in range(3))
+        if any(int(img.shape[j]) != shape[perm[j]] for j in range(3)):
+            raise CheckpointError(f"{path}: the label file's shape {img.shape[:3]} does not match the volume's {shape}")
+        return cls(perm=perm, flips=flips, shape=shape)  # type: ignore[arg-type]
+
+    def to_session(self, volume: np.ndarray) -> np.ndarray:
+        """(X, Y, Z) RAS -> the file's storage order, axes reversed, contiguous."""
+        arr = np.transpose(volume, self.perm)
+        arr = np.flip(arr, [j for j in range(3) if self.flips[j]]) if any(self.flips) else arr
+        return np.ascontiguousarray(arr.transpose(2, 1, 0))
+
+    def from_session(self, array: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_session`."""
+        arr = array.transpose(2, 1, 0)
+        arr = np.flip(arr, [j for j in range(3) if self.flips[j]]) if any(self.flips) else arr
+        return np.ascontiguousarray(np.transpose(arr, np.argsort(self.perm)))
+
+    def point(self, coords: Sequence[int]) -> tuple[int, int, int]:
+        """A RAS voxel index -> the session array's index."""
+        file = [
+            (self.shape[self.perm[j]] - 1 - int(coords[self.perm[j]])) if self.flips[j] else int(coords[self.perm[j]])
+            for j in range(3)
+        ]
+        return tuple(file[::-1])  # type: ignore[return-value]
+
+    def box(self, lo: Sequence[int], hi: Sequence[int]) -> list[list[int]]:
+        """Inclusive RAS corners -> nnInteractive's half-open ``[[lb, ub]] * 3`` on the session array."""
+        a, b = self.point(lo), self.point(hi)
+        return [[min(i, j), max(i, j) + 1] for i, j in zip(a, b)]
 
 
 class NnInteractiveAdapter(PromptedAdapter):
-    """nnInteractive (oracle point or box prompts).
+    """nnInteractive (oracle point or 2D box prompts) through ``nnInteractiveInferenceSession``.
 
     Args:
-        model_folder: local nnInteractive model folder.
+        model_folder: local nnInteractive model folder (the one holding ``plans.json`` and ``fold_0``).
         name: name in results tables.
-        prompts: prompt simulator settings.
+        prompts: prompt simulator settings; boxes are 2D (``box_slice_axis`` 2, axial, unless set).
         target_spacing: None: nnInteractive works on the image's own grid.
         reported_dice: Dice its paper reports.
-        intensity_range: nnInteractive normalises intensities itself (None = as given).
+        do_autozoom: the session's AutoZoom (on in nnInteractive's README).
+        torch_n_threads: threads the session sets for torch (it calls ``torch.set_num_threads``);
+            None = torch's current setting, so the run's setting is kept.
+        quiet: swallow the session's progress prints.
     """
 
     def __init__(
@@ -43,50 +131,82 @@ class NnInteractiveAdapter(PromptedAdapter):
         prompts: PromptSimulator | Mapping[str, Any] | None = None,
         target_spacing: Sequence[float] | None = None,
         reported_dice: Mapping[str, float] | None = None,
-        intensity_range: Sequence[float] | None = None,
+        do_autozoom: bool = True,
+        torch_n_threads: int | None = None,
+        quiet: bool = True,
     ) -> None:
+        simulator = prompts if isinstance(prompts, PromptSimulator) else PromptSimulator(**dict(prompts or {}))
+        if simulator.boxes and simulator.box_slice_axis is None:
+            # the released checkpoint rejects 3D boxes; a user draws the box on one (axial) slice
+            simulator = dataclasses.replace(simulator, box_slice_axis=2)
         super().__init__(
-            name, prompts=prompts, target_spacing=target_spacing, reported_dice=reported_dice, intensity_range=intensity_range
+            name,
+            prompts=simulator,
+            target_spacing=target_spacing,
+            reported_dice=reported_dice,
+            preprocessing=PREPROCESSING,
         )
         optional_import("nnInteractive.inference.inference_session", "nninteractive", model="nnInteractive")
         self.model_folder = str(require_path(model_folder, "nnInteractive model folder", is_dir=True))
+        if not (Path(self.model_folder) / "plans.json").is_file():
+            raise CheckpointError(f"{self.model_folder}: no plans.json (not an nnInteractive model folder)")
+        self.do_autozoom = bool(do_autozoom)
+        self.torch_n_threads = torch_n_threads
+        self.quiet = bool(quiet)
         self._session: Any = None
+        self._axes = SessionAxes()
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        if not self.quiet:
+            yield
+            return
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
 
     def _make_session(self) -> Any:
         module = optional_import("nnInteractive.inference.inference_session", "nninteractive", model="nnInteractive")
-        session = module.nnInteractiveInferenceSession(
-            device=self.device,
-            use_torch_compile=False,
-            verbose=False,
-            torch_n_threads=os.cpu_count() or 1,
-            do_autozoom=True,
-            use_pinned_memory=self.device.type == "cuda",
-        )
-        with weights_only_loading():
-            session.initialize_from_trained_model_folder(self.model_folder)
+        with self._quiet():
+            session = module.nnInteractiveInferenceSession(
+                device=self.device,
+                use_torch_compile=False,
+                verbose=False,
+                torch_n_threads=int(self.torch_n_threads or torch.get_num_threads()),
+                do_autozoom=self.do_autozoom,
+            )
+            try:
+                with weights_only_loading():
+                    session.initialize_from_trained_model_folder(self.model_folder)
+            except (FileNotFoundError, KeyError, RuntimeError, AssertionError) as exc:
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise CheckpointError(f"{self.model_folder}: cannot load the nnInteractive model ({type(exc).__name__}: {first})") from exc
         return session
 
     def prepare(self, image: torch.Tensor, meta: Mapping[str, Any]) -> Any:
+        if image.shape[1] != 1:
+            raise ValueError(f"{self.info.name} takes one image channel, got {image.shape[1]}")
         if self._session is None:
             self._session = self._make_session()
-        volume = self.to_model_range(image)[0].cpu().numpy().astype(np.float32)  # (1, D, H, W)
-        self._session.set_image(volume)
-        target = torch.zeros(volume.shape[1:], dtype=torch.uint8)
-        self._session.set_target_buffer(target)
+        self._axes = SessionAxes.from_meta(meta, image.shape[-3:])
+        volume = self._axes.to_session(image[0, 0].cpu().numpy().astype(np.float32, copy=False))
+        with self._quiet():
+            self._session.set_image(volume[None])
+            target = torch.zeros(volume.shape, dtype=torch.uint8)
+            self._session.set_target_buffer(target)
         return target
 
     def segment_organ(
         self, prepared: torch.Tensor, prompts: OrganPrompts, previous: Any | None
     ) -> tuple[Region | None, torch.Tensor, Any]:
-        session = self._session
+        session, axes = self._session, self._axes
         sent = 0 if previous is None else int(previous)
-        if previous is None:
-            session.reset_interactions()
-            if prompts.box is not None:
-                box = [[lo, hi + 1] for lo, hi in zip(prompts.box.lo, prompts.box.hi)]
-                session.add_bbox_interaction(box, include_interaction=True)
-        for p in prompts.points[sent:]:
-            session.add_point_interaction(tuple(int(c) for c in p.coords), include_interaction=bool(p.positive))
-        mask = session.target_buffer.clone().float()
+        with self._quiet():
+            if previous is None:
+                session.reset_interactions()
+                if prompts.box is not None:
+                    session.add_bbox_interaction(axes.box(prompts.box.lo, prompts.box.hi), include_interaction=True)
+            for p in prompts.points[sent:]:
+                session.add_point_interaction(axes.point(p.coords), include_interaction=bool(p.positive))
+        mask = torch.from_numpy(axes.from_session(session.target_buffer.numpy()))
         # a binary mask as scores: inside +0.5, outside -0.5
-        return None, mask - 0.5, len(prompts.points)
+        return None, mask.float() - 0.5, len(prompts.points)
