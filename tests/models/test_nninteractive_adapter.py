@@ -1,0 +1,187 @@
+"""The nnInteractive adapter gives nnInteractive's own answer for a file (issue 19, item 2).
+
+Reference: ``nnInteractiveInferenceSession`` driven directly, as nnInteractive's README drives it: the
+file read with SimpleITK (``GetArrayFromImage(img)[None]``, raw intensities), ``set_image``,
+``set_target_buffer``, then per organ ``reset_interactions`` and ``add_bbox_interaction`` /
+``add_point_interaction`` with the prompts our adapter reports (``Prediction.prompts``: RAS voxel
+indices, mapped here to SimpleITK indices through world coordinates, independently of the adapter);
+the masks are merged organ by organ (the first organ keeps a voxel two claim, as our score merge does)
+and written with SimpleITK onto the file's geometry. Ours: the project's data pipeline
+(``eval_transforms``) on the same file, then the adapter with the reference label (oracle).
+
+Both load the same model folder in the released layout (``upstream/nninteractive.py``: nnU-Net ResEnc
+plans shrunk to a 96x64x64 patch, the network built by nnInteractive's own trainer class, seeded random
+weights). The output layer's foreground bias is set so that a click's patch is partly foreground and
+its faces, which lie outside the tiny images, stay background: the session's AutoZoom (on, its
+default) then has no reason to zoom out, which keeps each click to one 96x64x64 forward pass on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nnInteractive.inference.inference_session")
+sitk = pytest.importorskip("SimpleITK")
+
+from umd_lightning.data.transforms import eval_transforms  # noqa: E402
+from umd_lightning.models.nninteractive import NnInteractiveAdapter, SessionAxes  # noqa: E402
+from umd_lightning.organs import UMD13  # noqa: E402
+from upstream.nninteractive import make_nninteractive_model_folder  # noqa: E402
+
+#: organs whose centre points keep the 96x64x64 patch around the whole tiny image (see module docstring)
+ORGANS = ("liver", "stomach", "kidney_left")
+FOREGROUND_BIAS = -1.5
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    return make_nninteractive_model_folder(tmp_path_factory.mktemp("nninteractive"), seed=0, foreground_bias=FOREGROUND_BIAS)
+
+
+def _case(root: Path, kind: str, tmp: Path) -> tuple[Path, Path, str]:
+    """(image file, label file, view): the PET/CT session's CT as stored (RAS), or the PET/MRI session's
+    PET on its label grid, stored LPS like that session's files (so the axes are really mapped)."""
+    if kind == "CT":
+        return root / "syn000" / "petct" / "ct.nii.gz", root / "syn000" / "petct" / "label.nii.gz", "CT"
+    from monai.transforms import LoadImaged
+
+    from umd_lightning.data.transforms import ResampleToLabeld
+
+    label = root / "syn000" / "petmri" / "label.nii.gz"
+    d = LoadImaged(keys=["image", "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True)(
+        {"image": str(root / "syn000" / "petmri" / "pet.nii.gz"), "label": str(label)}
+    )
+    pet = ResampleToLabeld(keys=["image"])(d)["image"][0].numpy().astype(np.float32)
+    path = tmp / "pet.nii.gz"
+    nib.save(nib.Nifti1Image(pet, nib.load(str(label)).affine), str(path))
+    return path, label, "PET_MRI"
+
+
+def _load(image: Path, label: Path, view: str) -> dict:
+    return eval_transforms()({"image": str(image), "label": str(label), "view": view})
+
+
+def _keep(label: torch.Tensor, organs=ORGANS) -> torch.Tensor:
+    keep = torch.zeros_like(label)
+    for organ in organs:
+        keep[label == UMD13.ids[organ]] = UMD13.ids[organ]
+    return keep
+
+
+def _ours(adapter: NnInteractiveAdapter, image: Path, label: Path, view: str) -> tuple[np.ndarray, list, np.ndarray]:
+    d = _load(image, label, view)
+    img, affine = d["image"], np.asarray(d["image"].affine, dtype=np.float64)
+    meta = {"case_id": "syn000", "view": view, "image_path": str(image), "label_path": str(label), "affine": affine}
+    pred = adapter.predict_volume(img.as_tensor()[None].float(), meta, UMD13, _keep(d["label"][0].as_tensor()))
+    return pred.labels.numpy(), pred.prompts or [], affine
+
+
+def _ras_to_sitk_index(img, affine: np.ndarray, coords) -> tuple[int, int, int]:
+    """A voxel index of the RAS volume -> the SimpleITK image's index (via world mm; ITK's world is LPS)."""
+    world = affine @ np.array([*map(float, coords), 1.0])
+    lps = (-world[0], -world[1], world[2])
+    return tuple(int(i) for i in img.TransformPhysicalPointToIndex(lps))
+
+
+def run_reference(model_folder: Path, image: Path, prompts: list[dict], affine: np.ndarray, out: Path) -> Path:
+    """nnInteractive's README workflow on the file with the given prompts; writes the merged label map."""
+    from nnInteractive.inference.inference_session import nnInteractiveInferenceSession
+
+    from umd_lightning.models.adapter import weights_only_loading
+
+    session = nnInteractiveInferenceSession(
+        device=torch.device("cpu"), use_torch_compile=False, verbose=False,
+        torch_n_threads=torch.get_num_threads(), do_autozoom=True,
+    )
+    with weights_only_loading():  # the package asks for weights_only=False; the file needs no more
+        session.initialize_from_trained_model_folder(str(model_folder))
+    input_image = sitk.ReadImage(str(image))
+    img = sitk.GetArrayFromImage(input_image)[None]
+    session.set_image(img)
+    target = torch.zeros(img.shape[1:], dtype=torch.uint8)
+    session.set_target_buffer(target)
+    merged = np.zeros(img.shape[1:], dtype=np.uint8)
+    by_label: dict[int, list[dict]] = {}
+    for p in prompts:
+        by_label.setdefault(int(p["label"]), []).append(p)
+    for label, items in by_label.items():
+        session.reset_interactions()
+        for box in (p for p in items if p["kind"] == "box"):
+            a, b = (_ras_to_sitk_index(input_image, affine, box[k]) for k in ("lo", "hi"))
+            # SimpleITK index (x, y, z) -> array axes (z, y, x); half-open
+            session.add_bbox_interaction([[min(i, j), max(i, j) + 1] for i, j in zip(a[::-1], b[::-1])], include_interaction=True)
+        for p in (p for p in items if p["kind"] == "point"):
+            session.add_point_interaction(_ras_to_sitk_index(input_image, affine, p["coords"])[::-1], include_interaction=p["positive"])
+        mask = target.numpy() > 0
+        merged[mask & (merged == 0)] = label
+    seg = sitk.GetImageFromArray(merged)
+    seg.CopyInformation(input_image)
+    sitk.WriteImage(seg, str(out))
+    return out
+
+
+def _agreement(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(share of equal voxels, Dice of the foreground)."""
+    fo, fr = ours > 0, ref > 0
+    return float((ours == ref).mean()), float(2 * (fo & fr).sum() / max(fo.sum() + fr.sum(), 1))
+
+
+@pytest.mark.parametrize("kind", ["CT", "PET"])
+@pytest.mark.parametrize("boxes", [False, True], ids=["point", "box"])
+def test_adapter_matches_the_session_driven_directly(tiny_cohort, model_folder, tmp_path, kind, boxes):
+    if boxes and kind == "PET":
+        pytest.skip("box prompts: checked on the CT (one case keeps the file's time down)")
+    image, label, view = _case(tiny_cohort.parent, kind, tmp_path)
+    prompts = {"center_point": not boxes, "boxes": boxes, "seed": 0}
+    adapter = NnInteractiveAdapter(str(model_folder), prompts=prompts)
+    t0 = time.perf_counter()
+    ours, records, affine = _ours(adapter, image, label, view)
+    t1 = time.perf_counter()
+    assert {r["organ"] for r in records} == set(ORGANS)
+    assert all(r["kind"] == ("box" if boxes else "point") for r in records)
+    if boxes:  # 2D: one axial slice
+        assert all(r["lo"][2] == r["hi"][2] for r in records)
+    ref_file = run_reference(model_folder, image, records, affine, tmp_path / "reference.nii.gz")
+    t2 = time.perf_counter()
+    # read back as RAS (nibabel's canonical orientation, the grid our pipeline puts the label on)
+    ref = np.asarray(nib.as_closest_canonical(nib.load(str(ref_file))).dataobj).astype(np.uint8)
+    assert ref.shape == ours.shape
+    # non-trivial: the upstream labels every prompted organ somewhere, and not everywhere
+    assert set(np.unique(ref)) == {0, *(UMD13.ids[o] for o in ORGANS)}
+    assert 0.001 < (ref > 0).mean() < 0.9
+    equal, dice = _agreement(ours, ref)
+    print(f"nnInteractive {kind} {'box' if boxes else 'point'}: {equal:.4%} voxels equal, foreground Dice {dice:.4f}, "
+          f"fg {(ref > 0).mean():.3f}; ours {t1 - t0:.1f} s, reference {t2 - t1:.1f} s")
+    assert equal >= 0.99 and dice >= 0.99
+
+
+def test_session_axes_round_trip_and_points():
+    rng = np.random.default_rng(0)
+    vol = rng.random((5, 6, 7)).astype(np.float32)
+    axes = SessionAxes(perm=(1, 0, 2), flips=(True, False, True), shape=(5, 6, 7))
+    arr = axes.to_session(vol)
+    assert arr.shape == (7, 5, 6) and arr.flags.c_contiguous
+    np.testing.assert_array_equal(axes.from_session(arr), vol)
+    for c in [(0, 0, 0), (4, 5, 6), (2, 3, 1)]:
+        assert arr[axes.point(c)] == vol[c]
+    box = axes.box((1, 2, 3), (3, 4, 3))
+    assert [ub - lb for lb, ub in box] == [1, 3, 3]
+
+
+def test_box_prompts_are_2d_by_default(model_folder):
+    adapter = NnInteractiveAdapter(str(model_folder), prompts={"boxes": True, "center_point": False})
+    assert adapter.simulator.box_slice_axis == 2 and adapter.info.prompt_kind == "box"
+    assert "raw" in adapter.info.preprocessing
+
+
+def test_missing_model_folder_is_one_line(tmp_path):
+    from umd_lightning.models.adapter import CheckpointError
+
+    with pytest.raises(CheckpointError, match="nnInteractive model folder not found"):
+        NnInteractiveAdapter(str(tmp_path / "nope"))
