@@ -138,15 +138,17 @@ def test_adapter_matches_the_session_driven_directly(tiny_cohort, model_folder, 
     if boxes and kind == "PET":
         pytest.skip("box prompts: checked on the CT (one case keeps the file's time down)")
     image, label, view = _case(tiny_cohort.parent, kind, tmp_path)
-    prompts = {"center_point": not boxes, "boxes": boxes, "seed": 0}
+    # the box case also takes one corrective click per organ, replayed on the reference in order
+    prompts = {"center_point": not boxes, "boxes": boxes, "corrective_clicks": int(boxes), "seed": 0}
     adapter = NnInteractiveAdapter(str(model_folder), prompts=prompts)
     t0 = time.perf_counter()
     ours, records, affine = _ours(adapter, image, label, view)
     t1 = time.perf_counter()
     assert {r["organ"] for r in records} == set(ORGANS)
-    assert all(r["kind"] == ("box" if boxes else "point") for r in records)
-    if boxes:  # 2D: one axial slice
-        assert all(r["lo"][2] == r["hi"][2] for r in records)
+    assert {r["kind"] for r in records} == ({"box", "point"} if boxes else {"point"})
+    if boxes:  # 2D boxes on one axial slice, then corrective clicks
+        assert all(r["lo"][2] == r["hi"][2] for r in records if r["kind"] == "box")
+        assert {r["source"] for r in records if r["kind"] == "point"} == {"corrective"}
     ref_file = run_reference(model_folder, image, records, affine, tmp_path / "reference.nii.gz")
     t2 = time.perf_counter()
     # read back as RAS (nibabel's canonical orientation, the grid our pipeline puts the label on)
@@ -178,6 +180,16 @@ def test_box_prompts_are_2d_by_default(model_folder):
     adapter = NnInteractiveAdapter(str(model_folder), prompts={"boxes": True, "center_point": False})
     assert adapter.simulator.box_slice_axis == 2 and adapter.info.prompt_kind == "box"
     assert "raw" in adapter.info.preprocessing
+
+
+def test_config_builds_the_adapter(compose_cfg, model_folder):
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("model=nninteractive", f"model.model_folder={model_folder}", tiny=False)
+    adapter = instantiate(cfg.model)
+    assert isinstance(adapter, NnInteractiveAdapter)
+    assert adapter.info.prompt_kind == "point" and adapter.info.oracle
+    assert adapter.simulator.center_point and not adapter.simulator.boxes and adapter.do_autozoom
 
 
 def test_missing_model_folder_is_one_line(tmp_path):
