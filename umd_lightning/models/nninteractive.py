@@ -64,24 +64,26 @@ class SessionAxes:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], shape: Sequence[int]) -> SessionAxes:
-        """The label file's storage order relative to the RAS volume (identity when it cannot be read)."""
-        shape = tuple(int(s) for s in shape)
-        path, affine = meta.get("label_path"), meta.get("affine")
-        if not path or affine is None or not Path(str(path)).is_file():
-            return cls(shape=shape)  # type: ignore[arg-type]
+        """The storage orientation of the file the volume's grid comes from (the label's, else the image's)
+        relative to the volume's own (RAS; ``meta["affine"]`` when given); identity when no file is readable.
+        Orientation only: a volume resampled to another spacing keeps its file's axis order and directions.
+        """
         import nibabel as nib
+        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-        img = nib.load(str(path))  # the header only
-        # RAS voxel index -> file voxel index; a signed permutation for grids that differ by orientation only
-        m = np.linalg.inv(np.asarray(img.affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64)
-        rot = np.rint(m[:3, :3]).astype(int)
-        if not (np.abs(rot).sum(axis=1) == 1).all() or not (np.abs(rot).sum(axis=0) == 1).all():
-            raise CheckpointError(f"{path}: the label grid is not an axis permutation of the RAS volume's grid")
-        perm = tuple(int(np.flatnonzero(rot[j])[0]) for j in range(3))
-        flips = tuple(bool(rot[j, perm[j]] < 0) for j in range(3))
-        if any(int(img.shape[j]) != shape[perm[j]] for j in range(3)):
-            raise CheckpointError(f"{path}: the label file's shape {img.shape[:3]} does not match the volume's {shape}")
-        return cls(perm=perm, flips=flips, shape=shape)  # type: ignore[arg-type]
+        shape = tuple(int(s) for s in shape)
+        path = next((str(p) for p in (meta.get("label_path"), meta.get("image_path")) if p and Path(str(p)).is_file()), None)
+        if path is None:
+            return cls(shape=shape)  # type: ignore[arg-type]
+        affine = meta.get("affine")
+        own = axcodes2ornt("RAS") if affine is None else io_orientation(np.asarray(affine, dtype=np.float64))
+        # row i: the volume's axis i becomes file axis t[i, 0], reversed when t[i, 1] < 0
+        t = ornt_transform(own, io_orientation(nib.load(path).affine))  # reads the header only
+        perm = [0, 0, 0]
+        flips = [False, False, False]
+        for i, (j, sign) in enumerate(t):
+            perm[int(j)], flips[int(j)] = i, bool(sign < 0)
+        return cls(perm=tuple(perm), flips=tuple(flips), shape=shape)  # type: ignore[arg-type]
 
     def to_session(self, volume: np.ndarray) -> np.ndarray:
         """(X, Y, Z) RAS -> the file's storage order, axes reversed, contiguous."""
