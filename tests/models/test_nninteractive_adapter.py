@@ -219,3 +219,18 @@ def test_missing_model_folder_is_one_line(tmp_path):
 
     with pytest.raises(CheckpointError, match="nnInteractive model folder not found"):
         NnInteractiveAdapter(str(tmp_path / "nope"))
+
+
+def test_checkpoint_with_code_is_refused_in_one_line(tmp_path):
+    """weights_only=True: a checkpoint holding a global outside the allow-list never unpickles."""
+    import argparse
+
+    from umd_lightning.models.adapter import CheckpointError, load_checkpoint_file
+
+    folder = make_nninteractive_model_folder(tmp_path)
+    ckpt = folder / "fold_0" / "checkpoint_final.pth"
+    torch.save({**load_checkpoint_file(ckpt), "args": argparse.Namespace(a=1)}, ckpt)
+    adapter = NnInteractiveAdapter(str(folder))
+    with pytest.raises(CheckpointError) as err:
+        adapter.prepare(torch.ones(1, 1, 4, 4, 4), {})
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
