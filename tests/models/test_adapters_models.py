@@ -247,12 +247,14 @@ def test_sam_med3d_through_medim(compose_cfg, tmp_path):
     ckpt = tmp_path / "sam_med3d.pth"
     torch.save({"model_state_dict": net.state_dict(), "epoch": 7, "best_dice": np.float64(0.5)}, ckpt)
     adapter = _build(compose_cfg, "model=sam_med3d", f"model.checkpoint={ckpt}", SAM_KW,
-                     "model.target_spacing=null", "model.prompts.corrective_clicks=1", "model.prompts.k_random=1")
+                     "model.prompts.corrective_clicks=1", "model.prompts.k_random=1")
     assert adapter.info.prompt_kind == "point" and adapter.info.oracle is True
+    assert adapter.info.target_spacing is None  # it resamples to 1.5 mm itself
     torch.testing.assert_close(adapter.net.state_dict()["mask_decoder.iou_token.weight"],
                                net.state_dict()["mask_decoder.iou_token.weight"])
     ref = _reference_organs()
-    pred = adapter.predict_volume(_volume(5), {"case_id": "c"}, UMD13, reference=ref)
+    meta = {"case_id": "c", "affine": np.diag([2.0, 2.0, 2.0, 1.0])}
+    pred = adapter.predict_volume(_volume(5) * 100, meta, UMD13, reference=ref)
     assert pred.labels.shape == SHAPE
     assert set(pred.labels.unique().tolist()) <= {0, UMD13.ids["liver"], UMD13.ids["spleen"]}
     assert {(p["organ"], p["source"]) for p in pred.prompts} >= {("liver", "center"), ("liver", "random")}
