@@ -42,7 +42,8 @@ FOREGROUND_BIAS = -1.5
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:
-    return make_nninteractive_model_folder(tmp_path_factory.mktemp("nninteractive"), seed=0, foreground_bias=FOREGROUND_BIAS)
+    folder = tmp_path_factory.mktemp("nninteractive")
+    return make_nninteractive_model_folder(folder, seed=0, foreground_bias=FOREGROUND_BIAS)
 
 
 def _case(root: Path, kind: str, tmp: Path) -> tuple[Path, Path, str]:
@@ -116,9 +117,11 @@ def run_reference(model_folder: Path, image: Path, prompts: list[dict], affine: 
         for box in (p for p in items if p["kind"] == "box"):
             a, b = (_ras_to_sitk_index(input_image, affine, box[k]) for k in ("lo", "hi"))
             # SimpleITK index (x, y, z) -> array axes (z, y, x); half-open
-            session.add_bbox_interaction([[min(i, j), max(i, j) + 1] for i, j in zip(a[::-1], b[::-1])], include_interaction=True)
+            bbox = [[min(i, j), max(i, j) + 1] for i, j in zip(a[::-1], b[::-1])]
+            session.add_bbox_interaction(bbox, include_interaction=True)
         for p in (p for p in items if p["kind"] == "point"):
-            session.add_point_interaction(_ras_to_sitk_index(input_image, affine, p["coords"])[::-1], include_interaction=p["positive"])
+            index = _ras_to_sitk_index(input_image, affine, p["coords"])[::-1]
+            session.add_point_interaction(index, include_interaction=p["positive"])
         mask = target.numpy() > 0
         merged[mask & (merged == 0)] = label
     seg = sitk.GetImageFromArray(merged)

@@ -72,7 +72,8 @@ class SessionAxes:
         from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
         shape = tuple(int(s) for s in shape)
-        path = next((str(p) for p in (meta.get("label_path"), meta.get("image_path")) if p and Path(str(p)).is_file()), None)
+        files = (meta.get("label_path"), meta.get("image_path"))
+        path = next((str(p) for p in files if p and Path(str(p)).is_file()), None)
         if path is None:
             return cls(shape=shape)  # type: ignore[arg-type]
         affine = meta.get("affine")
@@ -181,7 +182,9 @@ class NnInteractiveAdapter(PromptedAdapter):
                     session.initialize_from_trained_model_folder(self.model_folder)
             except Exception as exc:  # noqa: BLE001 - a missing file, a key, a pickle the allow-list refuses
                 first = (str(exc).strip().splitlines() or [""])[0]
-                raise CheckpointError(f"{self.model_folder}: cannot load the nnInteractive model ({type(exc).__name__}: {first})") from exc
+                raise CheckpointError(
+                    f"{self.model_folder}: cannot load the nnInteractive model ({type(exc).__name__}: {first})"
+                ) from exc
         return session
 
     def prepare(self, image: torch.Tensor, meta: Mapping[str, Any]) -> Any:
