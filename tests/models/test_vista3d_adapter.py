@@ -85,7 +85,8 @@ def test_vista3d_matches_its_own_pipeline(tiny_cohort, checkpoint, tmp_path, kin
         image_file, checkpoint, tmp_path / "upstream", class_ids, spacing=SPACING, roi_size=ROI, overlap=OVERLAP,
         code_dir=Path(CODE_DIR) if reference == "checkout" else None,
     )
-    upstream = Orientation(axcodes="RAS", labels=RAS)(LoadImage(image_only=True, ensure_channel_first=True)(str(written)))
+    upstream = LoadImage(image_only=True, ensure_channel_first=True)(str(written))
+    upstream = Orientation(axcodes="RAS", labels=RAS)(upstream)
     vista_ids = np.round(upstream[0].numpy()).astype(np.int64)
     found = set(np.unique(vista_ids).tolist()) - {0}
     assert len(found) >= 4 and found & LOBES, f"random weights gave a trivial upstream answer: {sorted(found)}"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from umd_lightning.models.adapter import Prediction, load_state_dict_checked
+from umd_lightning.models.adapter import Prediction, load_state_dict_checked, optional_import
 from umd_lightning.models.foundation import PromptedAdapter, Region
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator
 from umd_lightning.organs import OrganSet
@@ -126,7 +126,8 @@ class Vista3DAdapter(PromptedAdapter):
         self.prompt = prompt
         self.checkpoint = None if checkpoint in (None, "") else str(checkpoint)
         if self.checkpoint is not None:
-            load_state_dict_checked(self.net, self.checkpoint)
+            # a plain state dict (model.pt as released); {"model": ...} as the bundle's CheckpointLoader also reads
+            load_state_dict_checked(self.net, self.checkpoint, key="model")
         self.net.eval()
         self.roi_size = tuple(int(r) for r in roi_size)
         self.sw_batch_size = int(sw_batch_size)
@@ -175,7 +176,10 @@ class Vista3DAdapter(PromptedAdapter):
         affine = meta.get("affine")
         if affine is None:  # a bare volume: its spacing (or 1 mm) along the array axes
             affine = np.diag([*(float(s) for s in meta.get("spacing", (1.0, 1.0, 1.0))), 1.0])
-        x = MetaTensor(image[0].detach().cpu().float().as_subclass(torch.Tensor), affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
+        x = MetaTensor(
+            image[0].detach().cpu().float().as_subclass(torch.Tensor),
+            affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64),
+        )
         pre = self._preprocessing()
         data = pre({"image": x})
         data["_transform"] = pre
@@ -192,7 +196,10 @@ class Vista3DAdapter(PromptedAdapter):
             return torch.as_tensor(pred).cpu().as_subclass(torch.Tensor)
         pred = MetaTensor(torch.as_tensor(pred).cpu().as_subclass(torch.Tensor), meta=dict(image.meta))
         data = {"image": image, "pred": pred}
-        out = Invertd(keys="pred", transform=prepared["_transform"], orig_keys="image", nearest_interp=True, to_tensor=True)(data)
+        invert = Invertd(
+            keys="pred", transform=prepared["_transform"], orig_keys="image", nearest_interp=True, to_tensor=True
+        )
+        out = invert(data)
         return torch.as_tensor(out["pred"]).as_subclass(torch.Tensor)
 
     @torch.no_grad()
@@ -242,6 +249,8 @@ class Vista3DAdapter(PromptedAdapter):
         from monai.apps.vista3d.inferer import point_based_window_inferer
         from monai.transforms.utils import keep_components_with_positive_points
 
+        # the bundle's point post-processing labels connected components with scikit-image
+        optional_import("skimage.measure", "vista3d", model="VISTA3D point prompts")
         coords, labels = prompts.coords_labels()
         image = prepared["image"]
         # clicks on the input grid -> the model grid (infer.py's transform_points: world coordinates between)
