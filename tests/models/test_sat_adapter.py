@@ -82,7 +82,12 @@ def test_config_without_code_dir_says_what_to_clone(compose_cfg, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sat_run(tiny_cohort, tmp_path_factory):
+def code_dir() -> Path:
+    return _code_dir()
+
+
+@pytest.fixture(scope="module")
+def sat_run(code_dir, tiny_cohort, tmp_path_factory):
     """Case files, random-weight checkpoints, the official run on both files, and our adapter."""
     import nibabel as nib
 
@@ -90,7 +95,6 @@ def sat_run(tiny_cohort, tmp_path_factory):
 
     from upstream.sat import make_sat_checkpoints, run_official, text_model_dir
 
-    code_dir = _code_dir()
     tmp = tmp_path_factory.mktemp("sat")
     times: dict[str, float] = {}
     session = Path(tiny_cohort).parent / "syn000" / "petct"
@@ -185,10 +189,10 @@ def test_sat_matches_official_inference(sat_run, view):
     assert sat_agree >= 0.99 and in_agree >= 0.99 and label_agree >= 0.99
 
 
-def test_sat_checkpoint_errors_are_one_line(sat_run, tmp_path):
+def test_sat_checkpoint_errors_are_one_line(sat_run, code_dir, tmp_path):
     from upstream.sat import text_model_dir
 
-    kwargs = dict(text_model=str(text_model_dir(sat_run["tmp"] / "weights")), code_dir=str(_code_dir()), variant="nano")
+    kwargs = dict(text_model=str(text_model_dir(sat_run["tmp"] / "weights")), code_dir=str(code_dir), variant="nano")
     bad = tmp_path / "bad.pth"
     torch.save({"step": 1, "model_state_dict": {"module.foo": torch.zeros(1)}}, bad)
     with pytest.raises(CheckpointError) as exc:

@@ -26,6 +26,12 @@ What runs, as the official ``inference.py`` runs it:
   string, sigmoid per window, the official Gaussian weighting (``compute_gaussian``), average,
   ``> 0.5`` per prompt (fp16 autocast on CUDA, as there; float32 on the CPU).
 
+Modality string (a choice the study makes, stated in ``info.modality_policy``): each view is sent as
+a user would describe that image, ``ct`` for CT, ``mri`` for MRI and ``pet`` for both PET views (SAT
+knows ``pet``, but its PET training data, autoPET SUV images in SAT-DS, carry the label "tumor"
+only: organ prompts on a PET are outside what it learned); the string also selects SAT's
+normalisation (the CT window for ``ct``, percentiles otherwise). Override per view with ``modality``.
+
 Then, beyond the official code (which writes its masks on the cropped 1x1x3 mm grid): a voxel
 claimed by several prompts goes to the organ with the highest probability; several texts for one
 organ are merged by their maximum; the label map goes back onto the input grid by nearest neighbour.
@@ -265,7 +271,8 @@ class SATAdapter(FoundationAdapter):
             ),
             modality_policy=(
                 f"prompts carry the modality a user would give for the image: CT '{self.modality['CT']}', "
-                f"MRI '{self.modality['MRI']}', PET (PET/CT and PET/MRI) '{pet}' (SAT was trained with PET); "
+                f"MRI '{self.modality['MRI']}', PET (PET/CT and PET/MRI) '{pet}' (SAT's PET training data hold tumour "
+                "labels only); "
                 "the modality also picks SAT's normalisation (CT window or percentiles)"
             ),
         )

@@ -41,6 +41,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -218,6 +219,7 @@ def run_official(
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"official SAT inference failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    print("\n".join(line for line in proc.stdout.splitlines() if line.startswith("[sat-official]")))
     return [rcd_dir / f"case{i}" / "masks.npz" for i in range(len(cases))]
 
 
@@ -246,6 +248,7 @@ def _official_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--batchsize-3d", type=int, default=2)
     p.add_argument("--window", type=int, nargs=3, default=[288, 288, 96])
     a = p.parse_args(argv)
+    t0 = time.perf_counter()
     root = Path(a.code_dir)
     # as the README installs it: the checkout on the path, its dynamic-network-architectures first
     sys.path[:0] = [str(root), str(root / "model" / "dynamic-network-architectures-main")]
@@ -260,6 +263,7 @@ def _official_main(argv: Sequence[str] | None = None) -> None:
     from model.text_encoder import Text_Encoder
     from torch.utils.data import DataLoader
 
+    print(f"[sat-official] imported in {time.perf_counter() - t0:.1f} s", flush=True)
     window = [int(w) for w in a.window]
     if window != [288, 288, 96]:  # the official constants, for small tests only
         split, gauss = inference_dataset.split_3d, inference_engine.compute_gaussian
@@ -287,16 +291,20 @@ def _official_main(argv: Sequence[str] | None = None) -> None:
         checkpoint=args.checkpoint, resume=False, partial_load=args.partial_load, model=model, device=device
     )
     # init was off: every parameter must have come from the checkpoints (partial_load would hide a gap)
-    seg_keys = set(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["model_state_dict"])
-    txt_keys = set(torch.load(args.text_encoder_checkpoint, map_location="cpu", weights_only=True)["model_state_dict"])
+    seg_keys, txt_keys = (
+        set(torch.load(f, map_location="cpu", weights_only=True, mmap=True)["model_state_dict"])  # keys only: mmap
+        for f in (args.checkpoint, args.text_encoder_checkpoint)
+    )
     for net, keys in ((model, seg_keys), (text_encoder.model, txt_keys)):
         missing = [k for k, _ in net.named_parameters() if k not in keys]
         if missing:
             raise SystemExit(f"parameters not in the checkpoint: {missing[:5]}")
+    print(f"[sat-official] built and loaded in {time.perf_counter() - t0:.1f} s", flush=True)
     inference_engine.inference(
         model=model, text_encoder=text_encoder, device=device, testset=testset, testloader=testloader,
         nib_dir=args.rcd_dir,
     )  # fmt: skip
+    print(f"[sat-official] inference done at {time.perf_counter() - t0:.1f} s", flush=True)
     _map_back(testset, Path(a.rcd_dir))
 
 
