@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -278,6 +279,26 @@ def test_ensure_cohort_reuses_and_regenerates(tmp_path):
     # Another config goes to another folder.
     other = ensure_cohort(tmp_path, CohortConfig(n_subjects=1, seed=4, scale=3.0))
     assert other.parent != folder
+
+
+def test_cohort_is_published_atomically_with_normal_permissions(tmp_path):
+    from umd_lightning.data.synthetic import _publish, _umask
+
+    cfg = CohortConfig(n_subjects=1, seed=3, scale=3.0)
+    folder = ensure_cohort(tmp_path, cfg).parent
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~_umask()  # not a temporary folder's 0700
+    inode, before = folder.stat().st_ino, _mtimes(folder)
+    # A concurrent run that finishes second: its copy is discarded, the published cohort stays as it is.
+    late = tmp_path / ".late"
+    shutil.copytree(folder, late)
+    _publish(late, folder)
+    assert folder.stat().st_ino == inode and _mtimes(folder) == before and late.is_dir()
+    # Even when the published cohort's marker is missing for a moment, a rename never replaces a
+    # folder that holds files: the incomplete one is moved aside whole, never emptied in place.
+    (folder / COMPLETE_MARKER).unlink()
+    _publish(late, folder)
+    assert (folder / COMPLETE_MARKER).is_file() and not late.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder.name]
 
 
 def test_config_hash_is_stable_and_sensitive():
