@@ -201,3 +201,22 @@ def test_sat_checkpoint_errors_are_one_line(sat_run, code_dir, tmp_path):
     torch.save({"weights": {}}, bad)
     with pytest.raises(CheckpointError, match="model_state_dict"):
         SATAdapter(checkpoint=str(bad), text_encoder=str(bad), **kwargs)
+
+
+def test_sat_code_is_imported_in_a_scope(code_dir):
+    """SAT's generic top-level packages and its own dynamic_network_architectures leave no trace."""
+    import importlib
+    import sys
+
+    from umd_lightning.models.sat import import_sat_code
+
+    path, before = list(sys.path), {n for n in sys.modules if n.split(".")[0] in ("model", "data", "train", "evaluate")}
+    sat = import_sat_code(code_dir)
+    assert sys.path == path
+    assert {n for n in sys.modules if n.split(".")[0] in ("model", "data", "train", "evaluate")} == before
+    assert Path(sat.maskformer.__file__).is_relative_to(code_dir)
+    unet = sys.modules.get(sat.maskformer.PlainConvUNet.__module__)
+    assert unet is None or not Path(unet.__file__).is_relative_to(code_dir)  # SAT's copy is not cached
+    dna = importlib.util.find_spec("dynamic_network_architectures")
+    if dna is not None:  # the installed one (nnU-Net's) is what everyone else still gets
+        assert not Path(dna.origin).is_relative_to(code_dir)
