@@ -80,7 +80,7 @@ def test_export_reads_back_as_the_same_subjects_and_labels(run_folder, tmp_path,
 
 def test_multichannel_export_is_accepted_by_nnunet_planning(run_folder, tmp_path):
     pytest.importorskip("nnunetv2")
-    from upstream.nnunet import nnunet_env, plan_dataset
+    from upstream.nnunet import model_folder_from_plans, nnunet_env, plan_dataset
 
     with nnunet_env(tmp_path) as paths:
         rc = main([str(run_folder), "--out", str(paths["nnUNet_raw"]), "--dataset-id", "903", "--multichannel",
@@ -102,6 +102,27 @@ def test_multichannel_export_is_accepted_by_nnunet_planning(run_folder, tmp_path
         assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization", "ZScoreNormalization"]
         # the planner copied our split next to the plans, where nnUNetv2_train reads it
         assert json.loads((plans_file.parent / "splits_final.json").read_text()) == folds
+
+        # a model folder of these plans (random weights, as nnUNetv2_train would leave it) evaluates a test
+        # subject of the run through the adapter: the session's CT and PET as its two channels
+        model = model_folder_from_plans(plans_file, folder)
+    from umd_lightning.data.transforms import eval_transforms
+    from umd_lightning.models.nnunet import NnUNetAdapter
+    from umd_lightning.models.resample import voxel_spacing
+    from umd_lightning.organs import UMD13
+
+    adapter = NnUNetAdapter(str(model), use_mirroring=False)
+    assert adapter.channels == ("anatomical", "PET")
+    config = json.loads((run_folder / "run_manifest.json").read_text())["config"]
+    cohort = {(r.subject_id, r.view): r for r in read_manifest(next(Path(config["paths"]["cache_dir"], "synthetic").glob("*/manifest.csv")))}
+    subject = json.loads((run_folder / "splits.json").read_text())["splits"]["test"][0]
+    ct, pet = cohort[(subject, "CT")], cohort[(subject, "PET_CT")]
+    d = eval_transforms(2)({"image": [str(ct.image), str(pet.image)], "label": str(ct.label), "view": "CT"})
+    affine = np.asarray(d["image"].affine, dtype=np.float64)
+    meta = {"label_path": str(ct.label), "affine": affine, "spacing": voxel_spacing(affine)}
+    labels = adapter.predict_volume(d["image"].as_tensor()[None], meta, UMD13).labels
+    assert tuple(labels.shape) == tuple(d["label"].shape[1:])
+    assert set(labels.unique().tolist()) <= {0, *UMD13.labels}
 
 
 def test_export_from_overrides_and_user_errors(compose_cfg, cache_dir, run_folder, tmp_path, capsys):

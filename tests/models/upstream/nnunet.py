@@ -176,9 +176,6 @@ def make_nnunet_model_folder(
         The model folder (``dataset.json``, ``plans.json``, ``fold_<fold>/checkpoint_final.pth``); the raw
         dataset is :func:`raw_dataset_folder` ``(tmp, dataset_id)``.
     """
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-
     tmp = Path(tmp)
     manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     with nnunet_env(tmp) as paths:
@@ -186,33 +183,56 @@ def make_nnunet_model_folder(
         t0 = time.perf_counter()
         plans_file = plan_dataset(dataset_id, verbose=verbose)
         PLANNING_SECONDS.append(time.perf_counter() - t0)
-        plans = shrink_plans(json.loads(plans_file.read_text()), configuration, features)
-        plans_file.write_text(json.dumps(plans, indent=2))
-        dataset_json = json.loads((raw / "dataset.json").read_text())
-        torch.manual_seed(seed)
-        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-        with quiet:
-            plans["continue_training"] = False  # as nnunetv2.run.run_training.get_trainer_from_args sets it
-            trainer = nnUNetTrainer(plans, configuration, fold, dataset_json, device=torch.device("cpu"))
-            # the network and optimizer as trainer.initialize() makes them (initialize() itself also wants
-            # preprocessed training data, which --no_pp does not write)
-            trainer.num_input_channels = determine_num_input_channels(
-                trainer.plans_manager, trainer.configuration_manager, dataset_json
-            )
-            trainer.network = trainer.build_network_architecture(
-                trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
-                trainer.label_manager.num_segmentation_heads, trainer.enable_deep_supervision,
-            ).to(trainer.device)
-            trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
-            trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the mirroring axes
-            folder = Path(trainer.output_folder_base)
-            # what nnUNetTrainer.on_train_start leaves beside the folds
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "plans.json").write_text(json.dumps(trainer.plans_manager.plans, indent=2))
-            (folder / "dataset.json").write_text(json.dumps(trainer.dataset_json, indent=2))
-            shutil.copyfile(plans_file.parent / "dataset_fingerprint.json", folder / "dataset_fingerprint.json")
-            trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
+        return model_folder_from_plans(plans_file, raw, configuration=configuration, features=features, seed=seed,
+                                       fold=fold, verbose=verbose)
+
+
+def model_folder_from_plans(
+    plans_file: Path,
+    raw_dataset: Path,
+    *,
+    configuration: str = "3d_fullres",
+    features: Sequence[int] = (4, 8, 16),
+    seed: int = 0,
+    fold: int = 0,
+    verbose: bool = False,
+) -> Path:
+    """The random-weight model folder of a planned dataset (nnU-Net's env folders set, see :func:`nnunet_env`).
+
+    The plans are shrunk (:func:`shrink_plans`, written back), the network is built and saved by
+    ``nnUNetTrainer`` (seeded) as ``fold_<fold>/checkpoint_final.pth`` with plans.json, dataset.json and
+    the fingerprint beside it, as training leaves them.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    plans = shrink_plans(json.loads(plans_file.read_text()), configuration, features)
+    plans_file.write_text(json.dumps(plans, indent=2))
+    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
+    torch.manual_seed(seed)
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        plans["continue_training"] = False  # as nnunetv2.run.run_training.get_trainer_from_args sets it
+        trainer = nnUNetTrainer(plans, configuration, fold, dataset_json, device=torch.device("cpu"))
+        # the network and optimizer as trainer.initialize() makes them (initialize() itself also wants
+        # preprocessed training data, which --no_pp does not write)
+        trainer.num_input_channels = determine_num_input_channels(
+            trainer.plans_manager, trainer.configuration_manager, dataset_json
+        )
+        trainer.network = trainer.build_network_architecture(
+            trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+            trainer.label_manager.num_segmentation_heads, trainer.enable_deep_supervision,
+        ).to(trainer.device)
+        trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the mirroring axes
+        folder = Path(trainer.output_folder_base)
+        # what nnUNetTrainer.on_train_start leaves beside the folds
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "plans.json").write_text(json.dumps(trainer.plans_manager.plans, indent=2))
+        (folder / "dataset.json").write_text(json.dumps(trainer.dataset_json, indent=2))
+        shutil.copyfile(plans_file.parent / "dataset_fingerprint.json", folder / "dataset_fingerprint.json")
+        trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
     return folder
 
 
-__all__ = ["make_nnunet_model_folder", "nnunet_env", "raw_dataset_folder", "reversed_labels", "plan_dataset", "shrink_plans"]
+__all__ = ["make_nnunet_model_folder", "model_folder_from_plans", "nnunet_env", "raw_dataset_folder", "reversed_labels", "plan_dataset", "shrink_plans"]
