@@ -19,13 +19,34 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from umd_lightning.config import ConfigError
     from umd_lightning.data.manifest import ManifestError
     from umd_lightning.data.splits import SplitError
+    from umd_lightning.lit.folder import RunFolderError
     from umd_lightning.models.adapter import CheckpointError, MissingExtraError
 
-    return (ConfigError, ManifestError, SplitError, CheckpointError, MissingExtraError, FileNotFoundError)
+    return (ConfigError, ManifestError, SplitError, CheckpointError, MissingExtraError, FileNotFoundError, RunFolderError)
+
+
+def main() -> None:
+    """Check the run folder Hydra is about to write into, then run the composed config."""
+    _check_run_dir(sys.argv[1:])
+    _main()
+
+
+def _check_run_dir(overrides: list[str]) -> None:
+    """A run folder given as ``hydra.run.dir=DIR`` that cannot take files stops here with one line:
+    Hydra opens its log file there before any of our code runs, and would fail with a traceback."""
+    given = [a.split("=", 1)[1] for a in overrides if a.lstrip("+").startswith("hydra.run.dir=")]
+    if not given or "-m" in overrides or "--multirun" in overrides:
+        return
+    from umd_lightning.lit.folder import RunFolderError, check_writable
+
+    try:
+        check_writable(Path(given[-1]), "run folder")
+    except RunFolderError as exc:
+        _fail(exc)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 
     from umd_lightning.lit.run import run

@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from umd_lightning.metrics.functional import (
-    EMPTY_POLICIES,
     HD_DEFINITIONS,
     METRIC_KEYS,
     NSD_DEFINITIONS,
@@ -35,8 +34,8 @@ from umd_lightning.metrics.functional import (
     failed_rows,
     metrics_metadata,
 )
-from umd_lightning.metrics.table import write_results_table
 from umd_lightning.organs import OrganSet, get_organ_set, load_label_map
+from umd_lightning.results import EMPTY_POLICIES, table_from_rows, write_results
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -279,8 +278,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         results = [evaluate_case(job) for job in jobs]
 
-    import pandas as pd
-
     rows, failed = [], []
     for case_id, case_rows, error in results:
         if args.view is not None:
@@ -289,12 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is not None:
             failed.append({"case_id": case_id, "error": error})
             print(f"failed: {error}", file=sys.stderr)
-    table = pd.DataFrame(rows)
-    if "error" in table:
-        table["error"] = table["error"].fillna("")
+    table = table_from_rows(rows)
     meta.update(n_cases=len(jobs), n_failed=len(failed), failed_cases=failed)
     out_dir, stem = _out_paths(args.out)
-    paths = write_results_table(table, meta, out_dir, stem=stem)
+    paths = write_results(table, meta, out_dir, stem=stem)
 
     ok = table[table["status"] != "failed"]
     if len(ok):

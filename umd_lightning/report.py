@@ -20,19 +20,13 @@ from typing import Any, Sequence
 import pandas as pd
 
 from umd_lightning.analysis.discrepancy import DEFAULT_METRICS
-from umd_lightning.analysis.io import read_results, resolve_results_path
 from umd_lightning.analysis.report import analyze, combine_results, write_analysis
+from umd_lightning.results import read_results
 
 
 def load_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Read one results table with the metrics package's reader when present, else analysis's own."""
-    path = resolve_results_path(path)
-    try:
-        from umd_lightning.metrics.table import read_results_table
-    except ImportError:
-        return read_results(path)
-    df, meta = read_results_table(path)
-    return df, dict(meta or {})
+    """Read one results table (the results contract's reader)."""
+    return read_results(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

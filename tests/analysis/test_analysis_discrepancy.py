@@ -18,7 +18,6 @@ from umd_lightning.analysis.discrepancy import (
     sensitivity_table,
     view_summary,
 )
-from umd_lightning.analysis.io import read_results, sidecar_path
 from umd_lightning.analysis.stats import holm
 
 NAN = float("nan")
@@ -226,21 +225,6 @@ def test_select_cases_best_median_worst_by_hand():
     assert by_hd.loc["best", "case_id"] == "s1_CT"  # lowest HD95 is best
 
 
-def test_read_results_csv_with_sidecar_and_missing_columns(tmp_path):
-    df = paired_table()
-    path = tmp_path / "results.csv"
-    df.to_csv(path, index=False)
-    sidecar_path(path).write_text('{"empty_policy": "worst"}')
-    got, meta = read_results(tmp_path)  # a run folder resolves to its results table
-    assert meta == {"empty_policy": "worst"} and len(got) == len(df)
-    assert sidecar_path(tmp_path / "a.results.parquet").name == "a.results.meta.json"
-    df.drop(columns=["organ"]).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"results.csv: missing columns \['organ'\]"):
-        read_results(path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        read_results(tmp_path / "nope.csv")
-
-
 def test_not_predicted_rows_are_counted_but_not_failures():
     df = pd.concat([summary_table(), pd.DataFrame([row("s7", "PET_CT", "liver", NAN, status="not_predicted")])])
     r = view_summary(df, ["dice"]).set_index(["view", "organ"]).loc[("PET_CT", "liver")]
@@ -257,18 +241,3 @@ def test_select_cases_takes_paths_from_their_aliases():
     sel = select_cases(df).set_index("which")
     assert sel.loc["best", ["image", "label", "prediction"]].tolist() == ["/i1.nii.gz", "/l1.nii.gz", "/p1.nii.gz"]
     assert sel.loc["worst", "label"] == "/l2.nii.gz"
-
-
-def test_read_results_keeps_text_ids_and_reads_parquet_embedded_meta(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    df = paired_table()
-    df["subject_id"] = df["subject_id"].str.replace("s", "00")  # "001": must stay text
-    df.to_csv(tmp_path / "results.csv", index=False)
-    got, meta = read_results(tmp_path / "results.csv")
-    assert meta == {} and got["subject_id"].iloc[0] == "001"
-    arrow = pa.Table.from_pandas(df, preserve_index=False)
-    arrow = arrow.replace_schema_metadata({**arrow.schema.metadata, b"umd_lightning.meta": b'{"empty_policy": "exclude"}'})
-    pq.write_table(arrow, tmp_path / "only.parquet")
-    assert read_results(tmp_path / "only.parquet")[1] == {"empty_policy": "exclude"}

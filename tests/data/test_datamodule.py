@@ -89,6 +89,7 @@ def test_resume_skips_finished_cases(tiny_cohort, cache_dir):
     first = [r.case_id for r in dm.eval_records()]
     dm.exclude_cases(first[:2])
     assert [r.case_id for r in dm.eval_records()] == first[2:]
+    assert [r.case_id for r in dm.eval_records(include_finished=True)] == first  # the run's whole scope
 
 
 def test_epoch_batches_revisits_sessions_in_shuffled_rounds(tiny_cohort, cache_dir):

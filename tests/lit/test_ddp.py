@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from umd_lightning.lit.run import run
-from umd_lightning.metrics import read_results_table
+from umd_lightning.results import read_results as read_results_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.ddp]
 
-FAST = ["++callbacks.discrepancy=null", "++callbacks.overlay=null", "trainer.enable_progress_bar=false"]
+FAST = ["analysis=none", "trainer.enable_progress_bar=false"]
 #: Columns that name the run folder, not the result.
 RUN_SPECIFIC = ("prediction",)
 

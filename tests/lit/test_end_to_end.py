@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from umd_lightning.lit.run import run
-from umd_lightning.metrics import read_results_table
+from umd_lightning.results import read_results as read_results_table
 from umd_lightning.organs import UMD13, VIEWS
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 
 from umd_lightning import evaluate
-from umd_lightning.metrics import case_metrics, metrics_metadata, read_results_table, write_results_table
-from umd_lightning.metrics.table import PARQUET_META_KEY
+from umd_lightning.metrics import case_metrics, metrics_metadata
+from umd_lightning.results import PARQUET_META_KEY
+from umd_lightning.results import read_results as read_results_table
+from umd_lightning.results import write_results as write_results_table
 from umd_lightning.organs import UMD13, load_label_map
 
 # Real TotalSegmentator test scans (wasserth/TotalSegmentator, tests/reference_files, Apache-2.0).

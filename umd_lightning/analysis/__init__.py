@@ -1,7 +1,7 @@
 """Discrepancy analysis from results tables alone (never re-runs a model).
 
 ``stats`` (paired statistics), ``discrepancy`` (tables), ``figures`` and ``overlay`` (matplotlib),
-``report`` (pipeline + self-contained HTML). Imports only ``organs`` and libraries.
+``report`` (pipeline + self-contained HTML). Imports only ``organs``, ``results`` and libraries.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .discrepancy import (
     sensitivity_table,
     view_summary,
 )
-from .io import read_results
+from ..results import read_results  # the results contract's reader, for notebooks
 from .report import Analysis, analyze, combine_results, render_report, write_analysis, write_report
 from .stats import bootstrap_ci, cohens_dz, holm, paired_comparison, wilcoxon_p
 

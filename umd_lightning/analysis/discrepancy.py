@@ -1,7 +1,7 @@
 """Discrepancy tables from a results table: paired view differences, per-view summaries,
 generalisation gap and empty-mask-policy sensitivity.
 
-All functions take the results table (one row per case x organ, see ``io.REQUIRED_COLUMNS``) and
+All functions take the results table (one row per case x organ, see ``umd_lightning.results.REQUIRED_COLUMNS``) and
 never re-run a model.
 
 Conventions, stated once:
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..organs import PAIR_KINDS, VIEWS
-from .io import EMPTY_POLICIES, normalise, organ_order, validate_results
+from ..results import EMPTY_POLICIES, STATUSES, normalise, organ_order, validate_results
 from .stats import holm, paired_comparison
 
 Metric = Literal["dice", "hd95", "nsd", "assd"]
@@ -35,8 +35,7 @@ EmptyPolicy = Literal["worst", "exclude"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "hd95", "nsd")
 HIGHER_IS_BETTER: dict[str, bool] = {"dice": True, "nsd": True, "hd95": False, "assd": False}
-#: Row statuses of the results-table contract (``not_predicted``: an organ the model cannot name).
-STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "not_predicted", "failed")
+#: Statuses whose rows can be compared (``results.STATUSES`` holds them all).
 EVALUABLE: tuple[str, ...] = ("ok", "missed", "false_positive")
 ONE_SIDED_EMPTY: tuple[str, ...] = ("missed", "false_positive")
 FAILURE_DICE = 0.1

@@ -16,8 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..organs import SESSION_VIEWS
+from ..results import normalise, organ_order
 from .discrepancy import HIGHER_IS_BETTER, present_views, subject_values
-from .io import normalise, organ_order
 
 METRIC_LABEL: dict[str, str] = {"dice": "Dice", "hd95": "HD95 (mm)", "nsd": "NSD", "assd": "ASSD (mm)"}
 VIEW_COLOR: dict[str, str] = {"CT": "#1f77b4", "PET_CT": "#d62728", "MRI": "#2ca02c", "PET_MRI": "#ff7f0e"}

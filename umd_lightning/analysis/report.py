@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..organs import get_organ_set
+from ..results import EMPTY_POLICIES, normalise, validate_results
 from .discrepancy import (
     DEFAULT_METRICS,
     discrepancy_table,
@@ -31,7 +32,6 @@ from .discrepancy import (
     view_summary,
 )
 from .figures import main_figures, to_png
-from .io import EMPTY_POLICIES, normalise, validate_results
 from .overlay import overlay_figures
 
 #: File names written into an analysis folder, by table.

@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..organs import VIEWS
-from .io import normalise, read_results
+from ..results import normalise, read_results
 from .stats import bootstrap_ci
 
 #: Recipe order of rows (others follow alphabetically).

@@ -268,15 +268,19 @@ class UMDDataModule(L.LightningDataModule):
         subjects, views = set(self.splits["test"]), set(self.eval_views)
         return [r for r in self.manifest if r.subject_id in subjects and r.view in views]
 
-    def eval_records(self) -> list[ScanRecord]:
+    def eval_records(self, include_finished: bool = False) -> list[ScanRecord]:
         """Test cases in a fixed order: every eval view of every test subject, minus failed or finished ones.
 
         A multi-channel model (:attr:`channels`) sees a whole session at once: its cases are the
         sessions' anatomical scans, each with the session's PET as a further channel.
+
+        Args:
+            include_finished: keep the cases left out by :meth:`exclude_cases` (the run's whole scope).
         """
         self._ensure_manifest()
         failed = {p.case_id for p in self.failed}
-        records = [r for r in self._eval_candidates() if r.case_id not in failed and r.case_id not in self._skip]
+        skip = set() if include_finished else self._skip
+        records = [r for r in self._eval_candidates() if r.case_id not in failed and r.case_id not in skip]
         if self.channels:
             records = [r for r in records if r.view in ANATOMICAL_VIEWS]
         return records

@@ -1,5 +1,9 @@
-"""SegmentationModule: DiceCE on paired patches in fit; whole-volume adapter inference and per-case
-metrics in test and predict."""
+"""SegmentationModule: DiceCE on paired patches in fit; in test, one case at a time: whole-volume adapter
+inference, per-case metrics, and the case journaled (``<run>/cases/<case_id>.json``).
+
+The module keeps no results between hooks: the run (:func:`umd_lightning.lit.run.run`) builds the
+results table from the journal on disk after ``trainer.test()``, so a table exists whatever stopped
+the run, and an empty test loop (every case already journaled) costs nothing."""
 
 from __future__ import annotations
 
@@ -14,23 +18,19 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import lightning as L
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
 from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
-from umd_lightning.metrics import CaseMetrics
-from umd_lightning.metrics.functional import metrics_metadata
+from umd_lightning.metrics.functional import case_metrics, failed_rows, metrics_metadata
 from umd_lightning.models.resample import labels_to_grid, needs_resampling, to_spacing, voxel_spacing
-from umd_lightning.organs import VIEWS, get_organ_set
+from umd_lightning.organs import get_organ_set
+from umd_lightning.results import write_case
 
 log = logging.getLogger(__name__)
 
-# Every rank holds the gathered table and rank 0 logs its means: nothing to sync, so Lightning's advice
-# to sync each test metric under DDP is noise (one warning per organ and view).
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('test/dice/")
 # The module's batch-transfer hooks (slimmed transfer, device augmentation) are meant to win over the data module's.
 warnings.filterwarnings("ignore", message=r"You have overridden `(on_after_batch_transfer|transfer_batch_to_device)` in")
 
@@ -113,9 +113,7 @@ class SegmentationModule(L.LightningModule):
             empty_policy=empty_policy,
             hd_percentile=float(hd_percentile),
         )
-        self.case_metrics = CaseMetrics(self.organ_set.labels, **self.metric_kwargs)
-        self.results_table: pd.DataFrame | None = None
-        self.results_meta: dict[str, Any] = {}
+        metrics_metadata(**self.metric_kwargs)  # an unknown option stops here, not at the first case
 
     # ------------------------------------------------------------------ fit
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,25 +242,27 @@ class SegmentationModule(L.LightningModule):
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         meta = {k: batch[k][0] for k in META_KEYS if k in batch}
-        info = self.model.info
-        extra = {"model": info.name, "prompt_kind": info.prompt_kind, "oracle": bool(info.oracle)}
+        extra = self.case_identity()
         try:
             labels, prompts, affine = self._predict_case(batch)
             reference = _plain(batch["label"][0, 0]).cpu()
             pred_path = ""
             if self.hparams.save_predictions:
                 pred_path = str(self._save_prediction(labels, affine, meta["case_id"]))
-            rows = self.case_metrics.update(
+            scores = case_metrics(
                 labels,
                 reference,
                 voxel_spacing(affine),
-                {**meta, **extra, "prediction": pred_path, "prompts": json.dumps(prompts["prompts"])},
+                self.organ_set.labels,
                 organs_predicted=self.model.organs_predicted(self.organ_set),
+                **self.metric_kwargs,
             )
+            case = {**meta, **extra, "prediction": pred_path, "prompts": json.dumps(prompts["prompts"])}
         except Exception as exc:  # noqa: BLE001 - one broken case must not cost the others
             log.error("case %s failed: %s\n%s", meta.get("case_id"), exc, traceback.format_exc())
-            rows = self.case_metrics.update_failed({**meta, **extra, "error": f"{type(exc).__name__}: {exc}"})
-        self._journal(meta["case_id"], rows)
+            scores, case = failed_rows(self.organ_set.labels, f"{type(exc).__name__}: {exc}"), {**meta, **extra}
+        # journaled atomically as soon as it is scored: a killed run resumes after the last finished case
+        write_case(self.results_path, meta["case_id"], [{**case, **row} for row in scores])
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         labels, prompts, affine = self._predict_case(batch)
@@ -282,53 +282,21 @@ class SegmentationModule(L.LightningModule):
         os.replace(tmp, out)
         return out
 
-    def _journal(self, case_id: str, rows: list[dict[str, Any]]) -> None:
-        """Append a finished case atomically: a killed run resumes from these files."""
-        folder = self.results_path / "cases"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{case_id}.json.tmp"
-        tmp.write_text(json.dumps(rows, default=_json_default))
-        os.replace(tmp, folder / f"{case_id}.json")
-
-    def on_test_epoch_start(self) -> None:
-        self.case_metrics.reset()
-
-    def on_test_epoch_end(self) -> None:
-        table = self.case_metrics.compute()
-        table = pd.concat([read_journal(self.results_path, exclude=set(table.get("case_id", []))), table])
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "failed_records"):
-            info = self.model.info
-            failed = [
-                {
-                    **{k: getattr(r, k) for k in ("subject_id", "session", "view", "case_id")},
-                    "image_path": str(r.image),
-                    "label_path": str(r.label),
-                    "model": info.name,
-                    "prompt_kind": info.prompt_kind,
-                    "oracle": bool(info.oracle),
-                    "organ": organ,
-                    "status": "failed",
-                    "error": f"{p.path}: {p.problem}",
-                }
-                for r, p in dm.failed_records()
-                for organ in self.organ_set.organs
-            ]
-            table = pd.concat([table, pd.DataFrame(failed)])
-        table = sort_results(table, self.organ_set.organs)
-        info = self.model.info
-        self.results_table = table
-        self.results_meta = {
+    def results_metadata(self) -> dict[str, Any]:
+        """What the results table's metadata says about this module: metric conventions, organ set,
+        the model's description and the evaluation grid."""
+        return {
             **metrics_metadata(**self.metric_kwargs),
             "organ_set": self.organ_set.name,
             "organs": list(self.organ_set.organs),
-            **info.as_row(),
+            **self.model.info.as_row(),
             "eval_grid": "label grid (re-oriented to RAS); PET resampled onto it with trilinear interpolation",
         }
-        for (view, organ), value in summary_means(table).items():
-            self.log(f"test/dice/{view}/{organ}", value, rank_zero_only=True)
-        for view, value in table[table.status != "failed"].groupby("view")["dice"].mean().items():
-            self.log(f"test/dice/{view}/mean", float(value), rank_zero_only=True)
+
+    def case_identity(self) -> dict[str, Any]:
+        """The model columns every row of this module's cases carries."""
+        info = self.model.info
+        return {"model": info.name, "prompt_kind": info.prompt_kind, "oracle": bool(info.oracle)}
 
 
 def _host_bool(x: Any) -> torch.Tensor:
@@ -346,47 +314,3 @@ def _plain_value(x: Any) -> Any:
 def _plain(x: torch.Tensor | None) -> torch.Tensor | None:
     """A plain tensor: MONAI's MetaTensor routes every op through Python and slows networks many-fold."""
     return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
-def read_journal(results_dir: str | Path, exclude: set[str] | None = None) -> pd.DataFrame:
-    """Rows of every finished case in ``<results_dir>/cases`` (minus ``exclude``)."""
-    rows = []
-    for path in sorted(Path(results_dir, "cases").glob("*.json")):
-        if exclude and path.stem in exclude:
-            continue
-        rows.extend(json.loads(path.read_text()))
-    return pd.DataFrame(rows)
-
-
-def finished_cases(results_dir: str | Path) -> set[str]:
-    return {p.stem for p in Path(results_dir, "cases").glob("*.json")}
-
-
-def sort_results(table: pd.DataFrame, organs: Sequence[str]) -> pd.DataFrame:
-    if table.empty:
-        return table
-    order = {o: i for i, o in enumerate(organs)}
-    view_order = {v: i for i, v in enumerate(VIEWS)}
-    return (
-        table.assign(_v=table["view"].map(view_order), _o=table["organ"].map(order))
-        .sort_values(["subject_id", "_v", "_o"], kind="stable")
-        .drop(columns=["_v", "_o"])
-        .reset_index(drop=True)
-    )
-
-
-def summary_means(table: pd.DataFrame) -> dict[tuple[str, str], float]:
-    ok = table[table.status != "failed"]
-    return {k: float(v) for k, v in ok.groupby(["view", "organ"])["dice"].mean().items() if pd.notna(v)}

@@ -19,11 +19,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from umd_lightning.lit.run import FAILED_FILE, SKIPPED_FILE
+from umd_lightning.results import read_results, results_paths
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_FILE = "protocol.csv"
-RESULTS_FILE = "results.csv"
 _COLUMNS = ["model", "status", "prompt_kind", "oracle", "cases", "failed_cases", "run_folder", "note"]
 
 
@@ -31,7 +31,8 @@ def protocol_rows(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
     """One row per job folder of a sweep, and the results files of the jobs that produced one."""
     rows, results = [], []
     for folder in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name != "report"):
-        skipped, table, failed_job = folder / SKIPPED_FILE, folder / RESULTS_FILE, folder / FAILED_FILE
+        skipped, failed_job = folder / SKIPPED_FILE, folder / FAILED_FILE
+        table = next((p for p in (results_paths(folder)[k] for k in ("parquet", "csv")) if p.is_file()), None)
         if failed_job.is_file():
             rec = json.loads(failed_job.read_text())
             rows.append({"model": rec.get("model") or folder.name, "status": "failed", "run_folder": str(folder),
@@ -40,8 +41,8 @@ def protocol_rows(sweep_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
             rec = json.loads(skipped.read_text())
             rows.append({"model": rec["model"], "status": "skipped", "run_folder": str(folder),
                          "note": f"no {', '.join(rec['missing'])}: enable with {rec['enable_with']}"})
-        elif table.is_file():
-            df = pd.read_csv(table, dtype={"case_id": str, "subject_id": str})
+        elif table is not None:
+            df = read_results(table)[0]
             failed = df.loc[df["status"] == "failed", "case_id"].unique()
             first = df.iloc[0] if len(df) else {}
             rows.append({
@@ -65,7 +66,6 @@ def write_protocol_report(sweep_dir: str | Path, n_boot: int = 2000, seed: int =
         ``{"protocol": path, "report": path or None, "models": [...]}``.
     """
     from umd_lightning.analysis.report import analyze, combine_results, write_analysis
-    from umd_lightning.report import load_table
 
     out = Path(sweep_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def write_protocol_report(sweep_dir: str | Path, n_boot: int = 2000, seed: int =
     table.to_csv(out / PROTOCOL_FILE, index=False)
     written: dict[str, Any] = {"protocol": out / PROTOCOL_FILE, "report": None, "models": list(table["model"])}
     if results:
-        df, meta, reported = combine_results([(*load_table(p), str(p)) for p in results])
+        df, meta, reported = combine_results([(*read_results(p), str(p)) for p in results])
         analysis = analyze(df, meta, n_boot=n_boot, seed=seed, reported=reported)
         for row in table.itertuples():
             if row.status != "ran":

@@ -1,8 +1,14 @@
-"""The one place that wires the stages together from a composed Hydra config."""
+"""The one place that wires the stages together from a composed Hydra config.
+
+A run folder's life: checked before any work (writable; its fingerprint, when it has one, names the
+same model, data and metric settings: else the run stops and never merges), then fit and/or test
+(the module journals each scored case into ``cases/``), then, from what is on disk alone, the
+results table, its analysis and report. Every re-run in a run folder ends with all three, whatever
+stopped the one before.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 import pandas as pd
 import torch
 from hydra.utils import instantiate
@@ -20,8 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from umd_lightning.config import ConfigError, apply_per_model, missing_values
 from umd_lightning.data.splits import SplitError
-from umd_lightning.lit.module import finished_cases
+from umd_lightning.lit.folder import (
+    RunFolderError,  # noqa: F401 - raised by run(); the command line reports it in one line
+    check_fingerprint,
+    check_run_folder,
+    file_sha256,
+    run_fingerprint,
+    write_fingerprint,
+)
+from umd_lightning.lit.outputs import build_table, write_table
 from umd_lightning.organs import VIEWS
+from umd_lightning.results import CASES_DIR, atomic_write_text, journaled_cases, read_journal
 from umd_lightning.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -33,17 +49,7 @@ FAILED_FILE = "failed.json"
 PACKAGES = ("umd_lightning", "torch", "lightning", "monai", "torchmetrics", "hydra-core", "nibabel", "numpy", "wandb")
 
 
-def file_sha256(path: str | Path | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
+def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any, fingerprint: dict[str, Any] | None = None) -> Path:
     """What produced this run folder: resolved config, package versions, checkpoint and data hashes."""
     versions = {}
     for name in PACKAGES:
@@ -51,27 +57,20 @@ def write_run_manifest(cfg: DictConfig, out: Path, datamodule: Any) -> Path:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    manifest = getattr(datamodule, "manifest", None)
-    data_hash = None
-    if manifest is not None:
-        data_hash = hashlib.sha256(manifest.to_frame().to_csv(index=False).encode()).hexdigest()
-    checkpoint = OmegaConf.select(cfg, "model.checkpoint")
-    init_checkpoint = OmegaConf.select(cfg, "module.init_checkpoint")
+    fingerprint = fingerprint or run_fingerprint(cfg, datamodule)
     payload = {
         "command": command_line(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "checkpoint": checkpoint,
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "init_checkpoint": init_checkpoint,
-        "init_checkpoint_sha256": file_sha256(init_checkpoint),
-        "data_manifest_sha256": data_hash,
+        "checkpoint": OmegaConf.select(cfg, "model.checkpoint"),
+        "checkpoint_sha256": fingerprint["model"]["checkpoint_sha256"],
+        "init_checkpoint": OmegaConf.select(cfg, "module.init_checkpoint"),
+        "init_checkpoint_sha256": fingerprint["model"]["init_checkpoint_sha256"],
+        "data_manifest_sha256": fingerprint["data"]["manifest_sha256"],
     }
-    path = out / "run_manifest.json"
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
+    return atomic_write_text(out / "run_manifest.json", json.dumps(payload, indent=2, default=str))
 
 
 def write_or_check_splits(datamodule: Any, path: Path) -> Path:
@@ -180,7 +179,10 @@ def skip_unconfigured(cfg: DictConfig, out: Path, missing: list[str]) -> dict[st
     name = str(OmegaConf.select(cfg, "model.name") or "model")
     if not (cfg.get("skip_unconfigured") and all(k.startswith("model.") for k in missing)):
         raise ConfigError(f"no value for {', '.join(missing)}: pass " + " ".join(f"{k}=<value>" for k in missing))
-    enable = " ".join(f"per_model.{name}.{k.removeprefix('model.')}=PATH" for k in missing)
+    # the model's other local paths the sweep leaves empty (a code checkout, a tokenizer folder) are named too
+    keys = [k.removeprefix("model.") for k in missing]
+    keys += [k for k, v in (OmegaConf.select(cfg, f"per_model.{name}") or {}).items() if v is None and k not in keys]
+    enable = " ".join(f"per_model.{name}.{k}=PATH" for k in keys)
     record = {"model": name, "status": "skipped", "missing": missing, "enable_with": enable}
     tmp = out / ".skipped.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
@@ -190,33 +192,50 @@ def skip_unconfigured(cfg: DictConfig, out: Path, missing: list[str]) -> dict[st
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and/or test as the config says; return the run folder and the results table."""
-    keep_freed_memory()
-    L.seed_everything(int(cfg.seed), workers=True)
+    """Fit and/or test as the config says; return the run folder and the results table.
+
+    Raises:
+        RunFolderError: the run folder is not writable or holds another run's results (before any work).
+        ConfigError: a mandatory value is missing.
+    """
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out)
     apply_per_model(cfg)
     missing = missing_values(cfg)
     if missing:
         return {"output_dir": out, "skipped": skip_unconfigured(cfg, out, missing)}
 
     datamodule = instantiate(cfg.data, **data_kwargs(cfg))
+    fingerprint = None
+    if rank_zero_only.rank == 0:
+        # Before the model is loaded or anything runs (or prints): a folder of another run is refused,
+        # never merged. Under DDP the other ranks start after rank 0 has checked.
+        fingerprint = run_fingerprint(cfg, datamodule)
+        new_folder = check_fingerprint(out, fingerprint)
+        write_or_check_splits(datamodule, out / "splits.json")
+        if new_folder:
+            write_fingerprint(out, fingerprint)
+
+    keep_freed_memory()
+    L.seed_everything(int(cfg.seed), workers=True)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    analysis_cfg = cfg.get("analysis")
+    analysis = instantiate(analysis_cfg) if analysis_cfg and analysis_cfg.get("_target_") else None
+
     model = instantiate(cfg.model)
     # a multi-channel model takes each session's scans stacked (e.g. CT + PET, as AutoPET models)
     datamodule.channels = tuple(getattr(getattr(model, "info", None), "channels", ()) or ())
     module = instantiate(cfg.module, model=model)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     result: dict[str, Any] = {"output_dir": out}
     if trainer.is_global_zero:
         # Before anything runs, so that a killed run's folder says what it was doing.
-        write_or_check_splits(datamodule, out / "splits.json")
         datamodule.setup("test")
-        write_run_manifest(cfg, out, datamodule)
+        write_run_manifest(cfg, out, datamodule, fingerprint)
     if cfg.train:
         last = out / "checkpoints" / "last.ckpt"
         resume_from = str(last) if cfg.resume and last.is_file() else None
@@ -226,19 +245,54 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if cfg.export_checkpoint and trainer.is_global_zero:
             result["checkpoint"] = export_weights(module, cfg.export_checkpoint, cfg)
     if cfg.test:
-        datamodule.exclude_cases(finished_cases(out) if cfg.resume else ())
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        table = module.results_table
-        if table is None and trainer.is_global_zero and (out / "results.parquet").is_file():
-            # ddp_spawn: the table lives in the worker processes; rank 0 wrote it to the run folder
-            from umd_lightning.metrics.table import read_results_table
-
-            table = read_results_table(out / "results.parquet")[0]
+        table = score_and_tabulate(trainer, module, datamodule, out, resume=bool(cfg.resume), analysis=analysis)
         result["results"] = table
-        if trainer.is_global_zero and table is not None and len(table):
+        if table is not None and len(table):
             print_summary(table)
             if cfg.train and cfg.export_checkpoint and "checkpoint" in result:
                 ok = table[table.status != "failed"]
                 means = {v: float(m) for v, m in ok.groupby("view")["dice"].mean().items()}
                 export_weights(module, cfg.export_checkpoint, cfg, metrics={"test_mean_dice": means})
     return result
+
+
+def score_and_tabulate(
+    trainer: L.Trainer, module: Any, datamodule: Any, out: Path, resume: bool = True, analysis: Any = None
+) -> pd.DataFrame | None:
+    """Score the cases the journal lacks, then build the table, analysis and report from the journal.
+
+    The journal is checked first (a file that is not one complete case is named, set aside and its
+    case scored again). The table, its analysis and the report are rebuilt on every call, so a
+    re-run ends with all three whatever stopped the run before, including when nothing is left to
+    score (Lightning then runs no test hook at all).
+
+    Returns:
+        The results table on rank 0; None on the other ranks.
+    """
+    organs = module.organ_set
+    if trainer.is_global_zero:
+        for problem in read_journal(out, organs=organs.organs)[1]:
+            log.warning("journal: %s", problem)
+    trainer.strategy.barrier("umd_lightning.journal_checked")
+    datamodule.setup("test")
+    datamodule.exclude_cases(journaled_cases(out) if resume else ())
+    pending = datamodule.eval_records()
+    if pending:
+        log.info("%d case(s) to score; %d already journaled in %s", len(pending),
+                 len(datamodule.eval_records(include_finished=True)) - len(pending), out / CASES_DIR)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    else:
+        log.info("every case is journaled in %s: nothing left to score", out / CASES_DIR)
+    trainer.strategy.barrier("umd_lightning.cases_journaled")
+    if not trainer.is_global_zero:
+        return None
+    table, problems = build_table(
+        out, organs, datamodule.eval_records(include_finished=True), datamodule.failed_records(), module.case_identity()
+    )
+    for problem in problems:
+        log.warning("journal: %s", problem)
+    meta = module.results_metadata()
+    write_table(table, meta, out, trainer.loggers, step=trainer.global_step)
+    if analysis is not None and len(table):
+        analysis(table, meta, out, trainer.loggers)
+    return table

@@ -1,8 +1,8 @@
 """Per-case segmentation metrics (Dice, HD95, NSD, ASSD per organ), torchmetrics wrappers and the
 results table. Definitions: ``umd_lightning/metrics/README.md`` and :mod:`.functional`.
 
-The torchmetrics classes are imported on first use, so the functions and the table I/O load
-without torch (the evaluate CLI's worker processes start faster).
+The torchmetrics classes are imported on first use, so the functions load without torch (the
+evaluate CLI's worker processes start faster). The table on disk is :mod:`umd_lightning.results`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from umd_lightning.metrics.functional import (
     metrics_metadata,
     volume_diagonal_mm,
 )
-from umd_lightning.metrics.table import read_results_table, write_results_table
 
 _LAZY = {"CaseMetrics", "summary", "summary_to_log_dict", "records_to_table", "META_COLUMNS"}
 
@@ -31,12 +30,10 @@ __all__ = [
     "case_metrics",
     "failed_rows",
     "metrics_metadata",
-    "read_results_table",
     "records_to_table",
     "summary",
     "summary_to_log_dict",
     "volume_diagonal_mm",
-    "write_results_table",
 ]
 
 

@@ -302,7 +302,7 @@ def summary(
     are left out of the means and show up in the counts.
 
     Args:
-        table: a results table (:meth:`CaseMetrics.compute` or :func:`~umd_lightning.metrics.table.read_results_table`).
+        table: a results table (:meth:`CaseMetrics.compute` or :func:`~umd_lightning.results.read_results`).
         by: grouping columns; those missing from the table are skipped.
         metrics: metric columns to average.
 

@@ -52,36 +52,21 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from umd_lightning.metrics._surfels import surfel_area_table
+# The results contract owns the statuses, policies and row keys; they are re-exported here.
+from umd_lightning.results import EMPTY_POLICIES, METRIC_COLUMNS, ROW_COLUMNS, STATUSES, Status  # noqa: F401
 
 EmptyPolicy = Literal["worst", "exclude"]
 HDDefinition = Literal["max_directed", "pooled"]
 NSDDefinition = Literal["voxel_count", "surfel_area"]
 DistanceMethod = Literal["window", "kdtree", "edt"]
-Status = Literal["ok", "missed", "false_positive", "both_empty", "not_predicted", "failed"]
 
-EMPTY_POLICIES: tuple[str, ...] = ("worst", "exclude")
 HD_DEFINITIONS: tuple[str, ...] = ("max_directed", "pooled")
 NSD_DEFINITIONS: tuple[str, ...] = ("voxel_count", "surfel_area")
 DISTANCE_METHODS: tuple[str, ...] = ("window", "kdtree", "edt")
-#: Every status a results row can have; the first four come from the masks themselves.
-STATUSES: tuple[str, ...] = ("ok", "missed", "false_positive", "both_empty", "not_predicted", "failed")
-#: Metric columns of a row (NaN where a row is excluded from means).
-METRIC_KEYS: tuple[str, ...] = ("dice", "hd95", "nsd", "assd")
-#: Keys of every row :func:`case_metrics` returns, in table order.
-ROW_KEYS: tuple[str, ...] = (
-    "organ",
-    "label_id",
-    "status",
-    "dice",
-    "hd95",
-    "nsd",
-    "assd",
-    "pred_voxels",
-    "ref_voxels",
-    "pred_volume_ml",
-    "ref_volume_ml",
-    "nsd_tolerance_mm",
-)
+#: Metric columns of a row (NaN where a row is excluded from means): the results contract's.
+METRIC_KEYS: tuple[str, ...] = METRIC_COLUMNS
+#: Keys of every row :func:`case_metrics` returns, in table order: the results contract's.
+ROW_KEYS: tuple[str, ...] = ROW_COLUMNS
 
 _HD_TEXT = {
     "max_directed": "max of the two directed percentiles of surface distances (MONAI compute_hausdorff_distance)",

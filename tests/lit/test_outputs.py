@@ -1,4 +1,5 @@
-"""Discrepancy and overlay callbacks in a real Trainer, with an offline WandbLogger whose files we read."""
+"""What the run makes after the test loop: the table built from the journal, the analysis and its
+wandb logging (an offline WandbLogger whose files we read)."""
 
 from __future__ import annotations
 
@@ -7,38 +8,18 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from umd_lightning.analysis.demo import demo_results
-from umd_lightning.lit.callbacks.discrepancy import DiscrepancyCallback, wandb_frame
-from umd_lightning.lit.callbacks.overlay import OverlayCallback
+from umd_lightning.lit.outputs import NOT_SCORED, RunAnalysis, build_table, view_means, wandb_frame
+from umd_lightning.organs import get_organ_set
+from umd_lightning.results import write_case
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-
-class TinyModule(pl.LightningModule):
-    """Does nothing in test_step; sets the results table at epoch end as SegmentationModule does."""
-
-    def __init__(self, table: pd.DataFrame, meta: dict) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(1, 1)
-        self._table, self._meta = table, meta
-        self.results_table: pd.DataFrame | None = None
-        self.results_meta: dict = {}
-
-    def test_step(self, batch, batch_idx):
-        return None
-
-    def on_test_epoch_end(self) -> None:
-        self.results_table = self._table
-        self.results_meta = self._meta
 
 
 def nifti_case(folder: Path) -> dict[str, str]:
@@ -64,16 +45,6 @@ def results(tmp_path: Path) -> tuple[pd.DataFrame, dict]:
     return df, meta
 
 
-def run_test(tmp_path: Path, callbacks, logger) -> Path:
-    df, meta = results(tmp_path)
-    run_dir = tmp_path / "run"
-    trainer = pl.Trainer(default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, accelerator="cpu",
-                         devices=1, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
-    trainer.test(TinyModule(df, meta), dataloaders=loader, verbose=False)
-    return run_dir
-
-
 def media(run: Path, kind: str, key: str) -> list[Path]:
     """Files wandb 0.31 writes offline for a logged key: files/media/<kind>/<key>_<step>_<hash>.<ext>."""
     folder = run / "files" / "media" / kind / Path(key).parent
@@ -85,10 +56,10 @@ def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
     from lightning.pytorch.loggers import WandbLogger
 
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="umd-test", name="zero_shot_pet")
-    disc_cb = DiscrepancyCallback(n_boot=200, seed=1, metrics=["dice", "hd95"])
-    over_cb = OverlayCallback()
+    df, meta = results(tmp_path)
+    run_dir = tmp_path / "run"
     try:
-        run_dir = run_test(tmp_path, [disc_cb, over_cb], logger)
+        RunAnalysis(n_boot=200, seed=1, metrics=["dice", "hd95"])(df, meta, run_dir, [logger])
     finally:
         wandb.finish()
 
@@ -101,7 +72,7 @@ def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
             "reported_vs_measured"} <= pngs
     assert {f"overlay_tiny_{v}" for v in ("CT", "PET_CT", "MRI", "PET_MRI")} <= pngs
     html = (run_dir / "report.html").read_text()
-    assert html.count("<img ") == len(pngs) and "overlay_tiny_PET_CT" in html  # re-rendered after overlays
+    assert html.count("<img ") == len(pngs) and "overlay_tiny_PET_CT" in html
 
     # the offline wandb run
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -111,7 +82,7 @@ def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
     res_files = media(run, "table", "analysis/results")
     assert len(res_files) == 1
     res = json.loads(res_files[0].read_text())
-    assert len(res["data"]) == len(results(tmp_path)[0]) and "dice" in res["columns"]
+    assert len(res["data"]) == len(df) and "dice" in res["columns"]
     disc_files = media(run, "table", "analysis/discrepancy")
     assert len(disc_files) == 1
     logged = json.loads(disc_files[0].read_text())
@@ -127,45 +98,46 @@ def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
         assert imgs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("background", [True, False])
-def test_callbacks_in_either_order_without_wandb(tmp_path, background):
-    over_cb = OverlayCallback(background=background)
-    disc_cb = DiscrepancyCallback(n_boot=50, metrics=["dice"], figures=False)
-    run_dir = run_test(tmp_path, [over_cb, disc_cb], logger=False)
-    pngs = sorted(p.stem for p in (run_dir / "figures").glob("*.png"))
-    assert pngs == sorted(f"overlay_tiny_{v}" for v in ("CT", "PET_CT", "MRI", "PET_MRI"))
-    html = (run_dir / "report.html").read_text()
-    assert html.count("<img ") == 4  # the discrepancy report, written last, picked the overlays up
-    assert not (tmp_path / "wandb").exists()
-    assert over_cb.skipped == []
-
-
-def test_a_failing_overlay_process_costs_only_the_overlays(tmp_path, monkeypatch, caplog):
-    import umd_lightning.lit.callbacks.overlay as overlay_module
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("drawing failed")
-
-    monkeypatch.setattr(overlay_module, "draw_overlays", broken)  # the forked child inherits the patch
-    over_cb = OverlayCallback()
-    run_dir = run_test(tmp_path, [over_cb, DiscrepancyCallback(n_boot=50, metrics=["dice"], figures=False)], logger=False)
-    assert "exit code 1" in caplog.text
-    assert not list((run_dir / "figures").glob("overlay_*.png"))
-    assert (run_dir / "discrepancy.csv").is_file() and (run_dir / "report.html").is_file()
-
-
-def test_callbacks_act_on_rank_zero_only_and_tolerate_a_missing_table(tmp_path, caplog):
+def test_analysis_without_wandb_and_with_unreadable_overlay_files(tmp_path, caplog):
     df, meta = results(tmp_path)
-    module = SimpleNamespace(results_table=df, results_meta=meta)
-    other_rank = SimpleNamespace(is_global_zero=False, default_root_dir=str(tmp_path / "r1"), loggers=[])
-    DiscrepancyCallback(n_boot=10).on_test_end(other_rank, module)
-    OverlayCallback().on_test_end(other_rank, module)
-    assert not (tmp_path / "r1").exists()
-    rank0 = SimpleNamespace(is_global_zero=True, default_root_dir=str(tmp_path / "r2"), loggers=[])
-    DiscrepancyCallback(n_boot=10).on_test_end(rank0, SimpleNamespace(results_table=None))
-    assert not (tmp_path / "r2").exists() and "no results_table" in caplog.text
+    df.loc[df["view"] == "MRI", "prediction"] = str(tmp_path / "gone.nii.gz")
+    run_dir = tmp_path / "run"
+    RunAnalysis(n_boot=50, metrics=["dice"], figures=False)(df, meta, run_dir, loggers=[])
+    pngs = sorted(p.stem for p in (run_dir / "figures").glob("*.png"))
+    assert pngs == sorted(f"overlay_tiny_{v}" for v in ("CT", "PET_CT", "PET_MRI"))
+    assert (run_dir / "report.html").read_text().count("<img ") == 3
+    assert "overlay skipped" in caplog.text and "gone.nii.gz" in caplog.text
+    assert not (tmp_path / "wandb").exists()
     with pytest.raises(ValueError, match="n_boot"):
-        DiscrepancyCallback(n_boot=0)
+        RunAnalysis(n_boot=0)
+
+
+def record(case_id: str, view: str = "CT") -> SimpleNamespace:
+    return SimpleNamespace(case_id=case_id, subject_id=case_id.split("_")[0], session="petct", view=view,
+                           image=Path(f"/d/{case_id}.nii.gz"), label=Path(f"/d/{case_id}_label.nii.gz"))
+
+
+def test_table_is_built_from_the_journal_with_failed_and_unscored_cases(tmp_path):
+    organs = get_organ_set({1: "liver", 2: "spleen"})
+    ident = {"model": "m", "prompt_kind": "none", "oracle": False}
+    for case_id, view in (("s1_PET_CT", "PET_CT"), ("s1_CT", "CT"), ("s0_CT", "CT")):
+        rows = [{"subject_id": case_id.split("_")[0], "session": "petct", "view": view, "case_id": case_id, **ident,
+                 "organ": o, "label_id": i, "status": "ok", "dice": 0.5} for i, o in organs.labels.items()]
+        write_case(tmp_path, case_id, rows[::-1])
+    write_case(tmp_path, "s9_CT", [])  # a case outside the run's scope: left out
+    (tmp_path / "cases" / "s0_CT.json").write_text("{")  # corrupt: set aside, reported as not scored
+    problem = SimpleNamespace(path="/d/s2_CT.nii.gz", problem="unreadable NIfTI")
+    cases = [record("s1_CT"), record("s1_PET_CT", "PET_CT"), record("s0_CT")]
+    table, problems = build_table(tmp_path, organs, cases, [(record("s2_CT"), problem)], ident)
+    assert len(problems) == 1 and "s0_CT.json" in problems[0]
+    assert list(zip(table.case_id, table.organ)) == [
+        ("s0_CT", "liver"), ("s0_CT", "spleen"), ("s1_CT", "liver"), ("s1_CT", "spleen"),
+        ("s1_PET_CT", "liver"), ("s1_PET_CT", "spleen"), ("s2_CT", "liver"), ("s2_CT", "spleen")]
+    assert table.loc[table.case_id == "s0_CT", "error"].eq(NOT_SCORED).all()
+    assert table.loc[table.case_id == "s2_CT", "error"].eq("/d/s2_CT.nii.gz: unreadable NIfTI").all()
+    assert table.loc[table.status == "ok", "error"].eq("").all() and set(table.model) == {"m"}
+    assert view_means(table) == {"test/dice/CT/liver": 0.5, "test/dice/CT/spleen": 0.5, "test/dice/PET_CT/liver": 0.5,
+                                 "test/dice/PET_CT/spleen": 0.5, "test/dice/CT/mean": 0.5, "test/dice/PET_CT/mean": 0.5}
 
 
 def test_wandb_frame_makes_mixed_columns_text():
@@ -186,9 +158,6 @@ def test_zero_shot_pet_run_writes_its_analysis_and_wandb_run_by_default(compose_
 
     no_ckpt = [] if Path(package_file("checkpoints/unet_ct.pt")).is_file() else ["model.checkpoint=null"]
     cfg = compose_cfg("+experiment=zero_shot_pet", "logger=wandb", "trainer.accelerator=cpu", *no_ckpt)
-    targets = {str(c.get("_target_", "")) for c in (cfg.callbacks or {}).values() if c}
-    if not any(t.endswith("DiscrepancyCallback") for t in targets):
-        pytest.skip("DiscrepancyCallback is not in the zero_shot_pet callbacks yet (conf/callbacks, lead's wiring)")
     try:
         run(cfg)
     finally:
