@@ -146,7 +146,8 @@ class SamMed3DAdapter(PromptedAdapter):
         reference: torch.Tensor | None = None,
     ) -> Prediction:
         # prepare() needs the reference too (the official crop is centred on its organ mask)
-        self._reference = None if reference is None else np.asarray(reference.cpu() if isinstance(reference, torch.Tensor) else reference)
+        ref = reference.cpu().numpy() if isinstance(reference, torch.Tensor) else reference
+        self._reference = None if ref is None else np.asarray(ref)
         try:
             return super().predict_volume(image, meta, organ_set, reference)
         finally:
@@ -167,7 +168,7 @@ class SamMed3DAdapter(PromptedAdapter):
         if self.crop_policy == "mask":
             if self._reference is None:
                 raise ValueError(f"{self.info.name}: the official crop is centred on the reference mask, but none was given")
-            ref = torch.as_tensor(self._reference.astype(np.uint8, copy=False))[None]
+            ref = torch.as_tensor(self._reference.astype(np.int32, copy=False))[None]
             subject.add_image(tio.LabelMap(tensor=ref, affine=affine), "label")
         subject = tio.ToCanonical()(tio.Resample(target=self.spacing)(subject))
         return {
