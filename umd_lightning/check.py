@@ -23,11 +23,16 @@ import nibabel as nib
 import numpy as np
 import yaml
 
-from umd_lightning.data.manifest import Manifest, ManifestError, Problem, read_manifest, validate_manifest
+from umd_lightning.data.manifest import (  # noqa: F401 - SUV_PLAUSIBLE_MAX re-exported
+    SUV_PLAUSIBLE_MAX,
+    Manifest,
+    ManifestError,
+    Problem,
+    pet_units_problem,
+    read_manifest,
+    validate_manifest,
+)
 from umd_lightning.organs import SESSION_VIEWS, get_organ_set, is_pet
-
-#: A PET whose 99.9th percentile exceeds this is probably not in SUV (FDG organs stay below ~50 SUV).
-SUV_PLAUSIBLE_MAX = 200.0
 
 Level = Literal["error", "warning"]
 
@@ -64,13 +69,9 @@ def _pet_warnings(manifest: Manifest, failed: set[str]) -> list[Finding]:
     for r in manifest:
         if r.case_id in failed or not is_pet(r.view):
             continue
-        data = np.asanyarray(nib.load(str(r.image)).dataobj)
-        high = float(np.percentile(data, 99.9)) if data.size else 0.0
-        if high > SUV_PLAUSIBLE_MAX:
-            out.append(
-                Finding(r.case_id, str(r.image), f"PET 99.9th percentile is {high:.4g}: values look like Bq/ml, not SUV",
-                        "warning")
-            )
+        problem = pet_units_problem(np.asanyarray(nib.load(str(r.image)).dataobj))
+        if problem:
+            out.append(Finding(r.case_id, str(r.image), problem, "warning"))
     return out
 
 

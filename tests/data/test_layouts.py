@@ -146,7 +146,7 @@ def test_synthetic_cohort_in_three_layouts_reads_into_the_same_manifest(cohort, 
                 assert r.label == by[(r.subject_id, SESSION_VIEWS[r.session][0])].label
 
 
-def test_nnunet_dataset_label_names(cohort, tmp_path):
+def test_nnunet_dataset_label_names(cohort, tmp_path, monkeypatch):
     """label_map: dataset maps dataset.json label names that equal organ names (here a shuffled vocabulary)."""
     one = cohort.select(subjects=[cohort.subjects[0]], views=["CT"])
     root = build_nnunet(one, tmp_path / "ds", channel_name="CT")
@@ -167,6 +167,10 @@ def test_nnunet_dataset_label_names(cohort, tmp_path):
     assert rec.view == "CT" and rec.session == "petct"  # session from the channel name "CT"
     assert tmp_path / "cache" in rec.label.parents
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(rec.label)).dataobj), raw)
+    # without a cache_dir: the user's cache folder, never the dataset's
+    monkeypatch.setenv("UMD_CACHE_DIR", str(tmp_path / "user_cache"))
+    (rec,) = load_layout("nnunet", root, label_map="dataset").records
+    assert tmp_path / "user_cache" in rec.label.parents and not any(p.name.startswith(".umd") for p in root.rglob("*"))
 
 
 def test_msd_as_published(real_data_dir, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from umd_lightning.data.manifest import ManifestError, check_record, read_manifest, validate_manifest
+from umd_lightning.data.manifest import ManifestError, PetUnitsError, check_record, read_manifest, validate_manifest
 from umd_lightning.organs import UMD13
 
 
@@ -97,6 +97,35 @@ def test_pet_may_keep_its_own_grid_but_must_overlap(case):
     away = _save(tmp_path / "pet_far.nii.gz", np.ones((8, 7, 6), np.float32), far)
     with pytest.raises(ManifestError, match=r"pet_far\.nii\.gz: PET field of view does not overlap"):
         check_record(_one(tmp_path, away, label, view="PET_CT").records[0], UMD13)
+
+
+def test_label_stored_in_another_orientation_on_the_same_world_grid_passes(case):
+    tmp_path, ct, label, _ = case
+    lab = np.asarray(nib.load(str(label)).dataobj)
+    affine = nib.load(str(label)).affine
+    # the same voxels stored with the second axis reversed and the axes swapped (like L,A,S vs L,P,S)
+    flipped = affine @ np.array([[0, 1, 0, 0], [-1, 0, 0, lab.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    stored = np.flip(lab, axis=1).transpose(1, 0, 2).copy()
+    other = _save(tmp_path / "label_las.nii.gz", stored, flipped)
+    np.testing.assert_allclose(nib.affines.apply_affine(flipped, [lab.shape[1] - 1 - 5, 4, 3]),
+                               nib.affines.apply_affine(affine, [4, 5, 3]))  # same voxel, same place
+    check_record(_one(tmp_path, ct, other).records[0], UMD13)
+    shifted = flipped.copy()
+    shifted[:3, 3] += [0.0, 0.0, 6.0]
+    away = _save(tmp_path / "label_away.nii.gz", stored, shifted)
+    with pytest.raises(ManifestError, match=r"label_away\.nii\.gz: label affine differs from image .* by 6 mm"):
+        check_record(_one(tmp_path, ct, away).records[0], UMD13)
+
+
+def test_pet_in_bq_per_ml_stops_a_run_that_checks_units(case):
+    tmp_path, _, label, _ = case
+    bq = _save(tmp_path / "pet_bq.nii.gz", np.full((8, 7, 6), 12000.0, np.float32), np.diag([4.0, 4.0, 6.0, 1.0]))
+    manifest = _one(tmp_path, bq, label, view="PET_CT")
+    # not checked unless asked (check warns about it instead)
+    assert validate_manifest(manifest, UMD13, raise_on_error=False) == []
+    with pytest.raises(PetUnitsError, match=r"pet_bq\.nii\.gz: PET 99\.9th percentile is 1\.2e\+04: values look like "
+                       r"Bq/ml, not SUV; convert it to SUV .* or pass data.pet_units=ignore"):
+        validate_manifest(manifest, UMD13, raise_on_error=False, pet_units=True)
 
 
 def test_nan_in_image(case):

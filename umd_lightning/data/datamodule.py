@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import lightning as L
 from monai.data import CacheDataset, DataLoader, Dataset
@@ -39,7 +39,9 @@ def load_source(source: Mapping[str, Any], cache_dir: str | Path) -> Manifest:
     root = source.get("root") or source.get("path")
     if not root:
         raise ValueError(f"data source {layout!r} needs a root (data.root=DIR or data.source.root=DIR)")
-    return load_layout(layout, root, **dict(source.get("options") or {}))
+    options = dict(source.get("options") or {})
+    options.setdefault("cache_dir", Path(cache_dir) / "layouts")  # converted labels: never into the user's data
+    return load_layout(layout, root, **options)
 
 
 class UMDDataModule(L.LightningDataModule):
@@ -73,6 +75,8 @@ class UMDDataModule(L.LightningDataModule):
             (:class:`~umd_lightning.intensity.IntensityConfig`); evaluation volumes stay in physical units.
         train_spacing: resample training sessions to this spacing (mm); None keeps the label grid.
         validate: check every file of the manifest before anything runs.
+        pet_units: ``stop``: a PET whose values look like Bq/ml rather than SUV stops the run with one
+            line naming the file (as ``check`` detects it); ``ignore``: not checked.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class UMDDataModule(L.LightningDataModule):
         intensity: Mapping[str, Any] | None = None,
         train_spacing: Sequence[float] | None = None,
         validate: bool = True,
+        pet_units: Literal["stop", "ignore"] = "stop",
     ) -> None:
         super().__init__()
         self.source = dict(source)
@@ -113,6 +118,9 @@ class UMDDataModule(L.LightningDataModule):
         self.intensity = dict(intensity or {})
         self.train_spacing = None if train_spacing is None else tuple(float(s) for s in train_spacing)
         self.validate = validate
+        if pet_units not in ("stop", "ignore"):
+            raise ValueError(f"data.pet_units must be 'stop' or 'ignore', got {pet_units!r}")
+        self.pet_units = pet_units
         self.manifest: Manifest | None = None
         self.splits: dict[str, list[str]] = {}
         self.train_subjects_per_view: dict[str, list[str]] = {}
@@ -153,7 +161,9 @@ class UMDDataModule(L.LightningDataModule):
         todo = [r for r in records if r.case_id not in self._validated]
         if not self.validate or not todo:
             return
-        problems = validate_manifest(Manifest(todo, self.manifest.source), self.organ_set, raise_on_error=False)
+        problems = validate_manifest(
+            Manifest(todo, self.manifest.source), self.organ_set, raise_on_error=False, pet_units=self.pet_units == "stop"
+        )
         for p in problems:
             log.error("unusable case %s: %s", p.case_id, p)
         self.failed.extend(problems)

@@ -224,6 +224,12 @@ class LabelConverter:
         return Manifest(records, manifest.source)
 
 
+def default_cache_dir() -> Path:
+    """The user's cache folder, as ``paths.cache_dir`` defaults to it: ``$UMD_CACHE_DIR``, else
+    ``~/.cache/umd_lightning``."""
+    return Path(os.environ.get("UMD_CACHE_DIR") or Path.home() / ".cache" / "umd_lightning").expanduser()
+
+
 def _finish(
     records: list[ScanRecord],
     source: str,
@@ -246,7 +252,8 @@ def _finish(
     manifest = Manifest(records, source)
     if label_map is None or (isinstance(label_map, Mapping) and not label_map):
         return manifest
-    cache = Path(cache_dir) if cache_dir is not None else (root if root.is_dir() else root.parent) / ".umd_cache"
+    # never beside the user's data: the user's cache folder (paths.cache_dir's default) unless told
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return LabelConverter(label_map, cache, organ_set, dataset_labels).apply(manifest)
 
 
@@ -316,7 +323,7 @@ def read_nnunet(
         channel_views: override roles by channel index, e.g. ``{0: CT, 1: PET, 2: skip}``.
         include_test: also read ``imagesTs``/``labelsTs`` (split ``test``).
         label_map: see module doc; ``dataset`` maps ``dataset.json`` label names equal to organ names.
-        cache_dir: where converted labels go (default ``<root>/.umd_cache``).
+        cache_dir: where converted labels go (default :func:`default_cache_dir`, never the data folder).
         organ_set: target organ set for ``label_map``.
 
     Returns:

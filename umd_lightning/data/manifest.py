@@ -30,6 +30,26 @@ class ManifestError(ValueError):
     """A manifest or one of its files cannot be used. The message names the file and the problem."""
 
 
+class PetUnitsError(ManifestError):
+    """A PET whose values look like activity concentration (Bq/ml), not SUV: every PET of the dataset
+    is then likely in those units, so the run stops instead of scoring them (Dice about 0)."""
+
+
+#: A PET whose 99.9th percentile exceeds this is probably not in SUV (FDG organs stay below ~50 SUV).
+SUV_PLAUSIBLE_MAX = 200.0
+
+
+def pet_units_problem(data: np.ndarray) -> str | None:
+    """Why a PET's values do not look like SUV (None when they do).
+
+    Example:
+        >>> pet_units_problem(np.full((2, 2, 2), 5000.0))
+        'PET 99.9th percentile is 5000: values look like Bq/ml, not SUV'
+    """
+    high = float(np.percentile(data, 99.9)) if data.size else 0.0
+    return f"PET 99.9th percentile is {high:.4g}: values look like Bq/ml, not SUV" if high > SUV_PLAUSIBLE_MAX else None
+
+
 @dataclass(frozen=True)
 class ScanRecord:
     """One scan of one session, with the label map it is evaluated against."""
@@ -198,11 +218,31 @@ def _world_box(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np
     return world.min(0), world.max(0)
 
 
-def check_record(record: ScanRecord, organ_set: OrganSet) -> None:
+def ras_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[tuple[int, ...], np.ndarray]:
+    """The grid ``(shape, affine)`` re-oriented to RAS (nibabel's closest canonical), without the voxels.
+
+    Example:
+        >>> lps = np.diag([-2.0, -2.0, 3.0, 1.0])
+        >>> shape, affine = ras_grid(lps, (4, 5, 6))
+        >>> shape, affine[:3, 3].tolist()
+        ((4, 5, 6), [-6.0, -8.0, 0.0])
+    """
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    affine = np.asarray(affine, dtype=np.float64)
+    xform = ornt_transform(io_orientation(affine), axcodes2ornt(("R", "A", "S")))
+    new_shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(xform):
+        new_shape[int(target)] = int(shape[axis])
+    return tuple(new_shape), affine @ inv_ornt_aff(xform, tuple(int(s) for s in shape[:3]))
+
+
+def check_record(record: ScanRecord, organ_set: OrganSet, *, pet_units: bool = False) -> None:
     """Validate one scan and its label; return quietly or raise :class:`ManifestError`.
 
     Checks: files exist and read; 3D; no NaN in the image; label ids within the organ set; the label on the
-    image's grid (anatomical views) or overlapping it in world coordinates (PET, which keeps its own grid).
+    image's grid (anatomical views) or overlapping it in world coordinates (PET, which keeps its own grid);
+    with ``pet_units``, a PET's values look like SUV (else :class:`PetUnitsError`).
     """
     img = _load(record.image)
     img_shape = spatial_shape(img, record.image)
@@ -211,6 +251,13 @@ def check_record(record: ScanRecord, organ_set: OrganSet) -> None:
         n_nan = int(np.isnan(data).sum())
         if n_nan:
             raise ManifestError(f"{record.image}: image contains {n_nan} NaN voxel(s)")
+    if pet_units and is_pet(record.view):
+        problem = pet_units_problem(data)
+        if problem:
+            raise PetUnitsError(
+                f"{record.image}: {problem}; convert it to SUV (activity x body weight / decay-corrected injected "
+                "dose; `python -m umd_lightning.convert` does it from DICOM), or pass data.pet_units=ignore"
+            )
     del data
     if record.label is None:
         return
@@ -234,12 +281,18 @@ def check_record(record: ScanRecord, organ_set: OrganSet) -> None:
                 f"{record.image}: PET field of view does not overlap its label {record.label} in world coordinates"
             )
         return
+    # Compared as world grids: an image and its label stored in different axis orders or directions
+    # (a DICOM series converted L,P,S and its segmentation stored L,A,S) are one grid when their
+    # voxels coincide once both are re-oriented to RAS, as the evaluation loads them.
+    img_shape, img_affine = ras_grid(img.affine, img_shape)
+    lab_shape, lab_affine = ras_grid(lab.affine, lab_shape)
     if img_shape != lab_shape:
         raise ManifestError(
             f"{record.label}: label grid {lab_shape} does not match image {record.image} grid {img_shape}"
+            " (both re-oriented to RAS)"
         )
     corners = np.array([[0, 0, 0], [s - 1 for s in img_shape]])
-    gap = np.abs(nib.affines.apply_affine(img.affine, corners) - nib.affines.apply_affine(lab.affine, corners)).max()
+    gap = np.abs(nib.affines.apply_affine(img_affine, corners) - nib.affines.apply_affine(lab_affine, corners)).max()
     if gap > GRID_TOLERANCE_MM:
         raise ManifestError(
             f"{record.label}: label affine differs from image {record.image} by {gap:.3g} mm in world coordinates"
@@ -247,7 +300,7 @@ def check_record(record: ScanRecord, organ_set: OrganSet) -> None:
 
 
 def validate_manifest(
-    manifest: Manifest, organ_set: OrganSet, *, raise_on_error: bool = True
+    manifest: Manifest, organ_set: OrganSet, *, raise_on_error: bool = True, pet_units: bool = False
 ) -> list[Problem]:
     """Check every record; collect all problems before failing.
 
@@ -255,14 +308,21 @@ def validate_manifest(
         manifest: the scans to check.
         organ_set: label ids allowed in the label maps.
         raise_on_error: raise one :class:`ManifestError` listing every problem (default), or return them.
+        pet_units: a PET whose values look like Bq/ml raises :class:`PetUnitsError` at once (a run
+            stops); off, it is not checked here (``check`` warns about it).
 
     Returns:
         The problems found (empty when every case is usable).
+
+    Raises:
+        PetUnitsError: with ``pet_units``, the first PET that does not look like SUV.
     """
     problems = []
     for record in manifest:
         try:
-            check_record(record, organ_set)
+            check_record(record, organ_set, pet_units=pet_units)
+        except PetUnitsError:
+            raise
         except ManifestError as exc:
             bad = str(exc).split(": ", 1)
             problems.append(Problem(record.case_id, bad[0], bad[1] if len(bad) > 1 else str(exc)))
