@@ -269,11 +269,18 @@ def test_matches_official_inference(view, case_files, predictions, reference_net
     _check(ours, theirs, f"{view} vs official validate_paired_img_gt")
 
 
-def test_point_crop_policy_needs_no_mask_for_the_crop(checkpoint, case_files):
-    """The non-oracle crop: centred on the click, so a second blob of the organ far away moves the
-    official crop but not this one."""
-    point = SamMed3DAdapter(str(checkpoint), name="sam_med3d_turbo_point", model_kwargs=TINY_KWARGS, crop_policy="point")
+def test_point_crop_policy_needs_no_mask_for_the_crop(checkpoint, case_files, compose_cfg):
+    """The non-oracle crop (``model=sam_med3d_turbo_point``): centred on the click, so a second blob of
+    the organ far away moves the official crop but not this one."""
+    from hydra.utils import instantiate
+
+    kwargs = ",".join(f"{k}:{v}" for k, v in TINY_KWARGS.items()).replace(" ", "")
+    cfg = compose_cfg("model=sam_med3d_turbo_point", f"model.checkpoint={checkpoint}",
+                      f"++model.model_kwargs={{{kwargs}}}", tiny=False)  # fmt: skip
+    point = instantiate(cfg.model)
+    assert point.info.name == "sam_med3d_turbo_point" and point.crop_policy == "point"
     assert point.info.oracle is True and "crop_policy=point" in point.info.preprocessing
+    assert point.info.target_spacing is None and point.info.reported_dice == {"CT": 0.790, "MRI": 0.754}
     image, meta, label = _load(*case_files["CT"], "CT")
     spleen = UMD13.ids["spleen"]
     only = torch.where(label == spleen, label, 0)
