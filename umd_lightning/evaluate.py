@@ -35,7 +35,7 @@ from umd_lightning.metrics.functional import (
     metrics_metadata,
 )
 from umd_lightning.organs import OrganSet, get_organ_set, load_label_map
-from umd_lightning.results import EMPTY_POLICIES, table_from_rows, write_results
+from umd_lightning.results import EMPTY_POLICIES, ensure_writable, table_from_rows, write_results
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -266,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pairs:
         print(f"error: no NIfTI files in {args.pred_dir} or {args.ref_dir}", file=sys.stderr)
         return 2
+    out_dir, stem = _out_paths(args.out)
+    try:  # before any case is scored: an unwritable --out must not cost the scoring
+        ensure_writable(out_dir)
+    except OSError as exc:
+        print(f"error: --out {args.out}: cannot write the results table into {out_dir} "
+              f"({exc.strerror or exc}); pass --out in a writable folder", file=sys.stderr)
+        return 2
 
     jobs = [
         Job(case_id, p, r, dict(organ_set.labels), pred_map, ref_map, options, args.affine_tolerance, problem)
@@ -288,7 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"failed: {error}", file=sys.stderr)
     table = table_from_rows(rows)
     meta.update(n_cases=len(jobs), n_failed=len(failed), failed_cases=failed)
-    out_dir, stem = _out_paths(args.out)
     paths = write_results(table, meta, out_dir, stem=stem)
 
     ok = table[table["status"] != "failed"]

@@ -242,6 +242,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove it takes a file (a probe written and removed).
+
+    Raises:
+        OSError: it cannot be created or written (``strerror`` says why).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-test.{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
+
+
 def results_paths(out_dir: str | Path, stem: str = RESULTS_STEM) -> dict[str, Path]:
     out = Path(out_dir)
     return {"csv": out / f"{stem}.csv", "parquet": out / f"{stem}.parquet", "meta": out / f"{stem}{META_SUFFIX}"}

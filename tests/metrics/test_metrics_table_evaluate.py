@@ -137,6 +137,22 @@ def test_evaluate_bad_arguments_exit_2(tmp_path, capsys):
     assert "unknown organ 'kidney'" in capsys.readouterr().err
 
 
+def test_evaluate_unwritable_out_stops_before_scoring(tmp_path, capsys, monkeypatch):
+    ref = np.zeros((6, 6, 6), np.uint8)
+    _save(tmp_path / "pred" / "c.nii.gz", ref)
+    _save(tmp_path / "ref" / "c.nii.gz", ref)
+    (tmp_path / "file").write_text("a file where the output folder should be")
+
+    def never(job):
+        raise AssertionError("a case was scored before the output was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_case", never)
+    out = tmp_path / "file" / "results.csv"
+    assert evaluate.main([str(tmp_path / "pred"), str(tmp_path / "ref"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --out {out}: cannot write the results table into {out.parent}")
+
+
 def test_parse_tolerance():
     organs = ("liver", "aorta")
     assert evaluate.parse_tolerance("2.5", organs) == 2.5
