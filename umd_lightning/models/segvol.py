@@ -22,10 +22,13 @@ Per case, as the official demo (``process_ct_gt`` then ``zoom_in_zoom_out`` with
    the stored order (SegVol's training data were prepared the same way). The RAS input is flipped and
    permuted back to the axis codes of the file the grid comes from (``meta["label_path"]``, else
    ``meta["image_path"]``);
-2. the official transforms: ``ForegroundNormalization`` (clip to the 0.05-99.95 percentiles of the
-   voxels above the mean, z-score with their mean and std), ``DimTranspose`` (x, y, z -> z, y, x),
-   ``MinMaxNormalization`` to [0, 1], ``SpatialPadd(spatial_size)``, ``CropForegroundd`` (voxels > 0),
-   and the zoomed-out copy ``Resized(spatial_size, "nearest-exact")``;
+2. the official transforms, in the official order: ``ForegroundNormalization`` (clip to the
+   0.05-99.95 percentiles of the voxels above the mean, z-score with their mean and std),
+   ``DimTranspose`` (x, y, z -> z, y, x), ``MinMaxNormalization`` to [0, 1], ``SpatialPadd(spatial_size)``,
+   ``CropForegroundd`` (voxels > 0), ``ToTensord`` (contiguous, as MONAI 0.9's), and the zoomed-out
+   copy ``Resized(spatial_size, "nearest-exact")``. The official ``Orientationd`` before them is left
+   out: on the plain array it gets it changes nothing, and under MONAI >= 1.0 it would hand the
+   official ``ForegroundNormalization`` a tensor, which that numpy code cannot take;
 3. per text: the official ``inference_demo.zoom_in_zoom_out`` (zoom-out logits, nearest-resized to
    the crop, then sliding-window zoom-in over the predicted region), whose text encoder asks for
    "A computerized tomography of a {text}.". Its ``.cuda()`` calls move tensors to the adapter's
@@ -37,15 +40,22 @@ Per case, as the official demo (``process_ct_gt`` then ``zoom_in_zoom_out`` with
    texts for one organ merge by their maximum logit; a voxel goes to the organ with the highest logit
    above 0 (sigmoid > 0.5, the official threshold).
 
-The official demo stops at per-category logits on the cropped grid; steps 4's mapping back and the
+The official demo stops at per-category logits on the cropped grid; step 4's mapping back and the
 merge of organs are this adapter's.
+
+Verified (``tests/models/test_segvol_adapter.py``, random weights built by the official code): the
+labels equal the official demo's on a synthetic CT (stored RAS) and PET (stored LPS), 100% of voxels,
+with the official code running under this environment's MONAI and transformers (the repository pins
+MONAI 0.9.0 and transformers 4.18.0, which were not run here).
 
 Dependencies: the ``segvol`` extra (``transformers``; ``matplotlib`` and ``scipy``, which the
 official modules import, are dependencies of this package). The official code targets MONAI 0.9,
 whose ``ViT`` took ``pos_embed=``; MONAI >= 1.3 calls it ``proj_type=`` (same layers and keys), so
 the imported ``build_sam`` gets a ``ViT`` that renames the argument. The official package's
 ``__init__`` imports its 2D predictor (torchvision), which SegVol's 3D inference never uses: the
-package is entered without running that ``__init__``.
+package is entered without running that ``__init__``. The checkout's top-level modules (``utils``,
+``network``, ...) are imported with ``code_dir`` first on ``sys.path`` and removed from
+``sys.modules`` afterwards: generic names, which must not shadow or be shadowed by other modules.
 """
 
 from __future__ import annotations
