@@ -2,9 +2,10 @@
 
 The weights folder holds random-weight nnU-Net models under the dataset folder names ``task=total``
 opens, in the layout its downloads unpack (``upstream/totalsegmentator.py``). The reference is
-``totalsegmentator.python_api.totalsegmentator`` on the NIfTI file itself, with nnU-Net's worker
-processes as upstream runs them; ours is the data pipeline (``eval_transforms``) on the same file, then
-the adapter (which writes the RAS volume back with its affine and runs the same API in-process).
+``totalsegmentator.python_api.totalsegmentator`` on the NIfTI file itself (for the CT with nnU-Net's
+worker processes as upstream runs them); ours is the data pipeline (``eval_transforms``) on the same
+file, then the adapter (which writes the RAS volume back with its affine and runs the same API with
+nnU-Net's in-process prediction).
 
 The reference runs inside :func:`totalseg_environment` too, for what this environment lacks or must
 not do: nnU-Net's trainer lookup fails without torchvision (see ``find_nnunet_trainer``), and nothing
@@ -28,10 +29,22 @@ from umd_lightning.models.adapter import CheckpointError
 from umd_lightning.models.totalsegmentator import TotalSegmentatorAdapter, totalseg_environment
 from umd_lightning.organs import UMD13, OrganSet, load_label_map
 
-# CT block 10x10x8 voxels of 9x9x12 mm, PET block 5^3 of 18 mm (tiny cohort): at TotalSegmentator's
-# 1.5 mm each is one 64^3 window of the tiny models
-CT_BLOCK = (10, 10, 8)
-PET_BLOCK = (5, 5, 5)
+# CT block 8x8x6 voxels of 9x9x12 mm, PET block 4^3 of 18 mm (tiny cohort), 72 mm each: at TotalSegmentator's
+# 1.5 mm each is one 48^3 window of the tiny models
+CT_BLOCK = (8, 8, 6)
+PET_BLOCK = (4, 4, 4)
+MRI_BLOCK = (6, 6, 4)  # 10.5 x 10.5 x 15 mm voxels
+
+# (view, task, fast, in-process reference). The first reference runs nnU-Net as upstream does, with a
+# fresh worker interpreter for each model's preprocessing and export (4 with fast, 8 without: most of
+# this file's time); the others use nnU-Net's sequential path, as the adapter does: the first check
+# shows that the two give the same labels.
+RUNS = [
+    ("CT", "total", True, False),
+    ("CT", "total", False, True),
+    ("PET", "total", False, True),
+    ("MRI", "total_mr", False, True),
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +62,7 @@ def totalseg_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, totalseg_home) -> Path:
     t = time.perf_counter()
-    root = make_totalseg_weights(tmp_path_factory.mktemp("totalseg"), tasks=("total",))
+    root = make_totalseg_weights(tmp_path_factory.mktemp("totalseg"), tasks=("total", "total_mr"), fast=True)
     print(f"random-weight TotalSegmentator folder built in {time.perf_counter() - t:.1f} s")
     return root
 
@@ -65,7 +78,8 @@ def _block(image: Path, organ_label: Path, organ: str, size: tuple[int, int, int
     centre = np.rint((np.linalg.inv(img.affine) @ centre_world)[:3]).astype(int)
     lo = [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, size, img.shape)]
     block = img.slicer[tuple(slice(a, a + s) for a, s in zip(lo, size))]
-    image_out, label_out = out / f"{image.parent.name}_{image.name}", out / f"{image.parent.name}_label.nii.gz"
+    stem = f"{image.parent.name}_{image.name.split('.')[0]}"
+    image_out, label_out = out / f"{stem}.nii.gz", out / f"{stem}_grid.nii.gz"
     nib.save(block, image_out)
     nib.save(nib.Nifti1Image(np.zeros(block.shape, np.uint8), block.affine), label_out)
     return image_out, label_out
@@ -73,28 +87,32 @@ def _block(image: Path, organ_label: Path, organ: str, size: tuple[int, int, int
 
 @pytest.fixture(scope="module")
 def cases(tiny_cohort, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """A CT (stored RAS) and a PET of the PET/MRI session (stored LPS) of the tiny cohort, each a block around the liver."""
+    """The tiny cohort's CT (stored RAS), and the PET and MRI of its PET/MRI session (stored LPS), each a
+    block around the liver."""
     root, out = Path(tiny_cohort).parent / "syn000", tmp_path_factory.mktemp("totalseg_cases")
+    ct_label, mr_label = root / "petct" / "label.nii.gz", root / "petmri" / "label.nii.gz"
     return {
-        "CT": _block(root / "petct" / "ct.nii.gz", root / "petct" / "label.nii.gz", "liver", CT_BLOCK, out),
-        "PET": _block(root / "petmri" / "pet.nii.gz", root / "petmri" / "label.nii.gz", "liver", PET_BLOCK, out),
+        "CT": _block(root / "petct" / "ct.nii.gz", ct_label, "liver", CT_BLOCK, out),
+        "PET": _block(root / "petmri" / "pet.nii.gz", mr_label, "liver", PET_BLOCK, out),
+        "MRI": _block(root / "petmri" / "mri.nii.gz", mr_label, "liver", MRI_BLOCK, out),
     }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("view", ["CT", "PET"])
-def test_labels_equal_totalsegmentators_own_on_the_file(view, cases, weights, tmp_path):
+@pytest.mark.parametrize("view, task, fast, in_process", RUNS, ids=lambda v: str(v))
+def test_labels_equal_totalsegmentators_own_on_the_file(view, task, fast, in_process, cases, weights, tmp_path):
     from totalsegmentator.python_api import totalsegmentator
 
     image, grid = cases[view]
-    adapter = TotalSegmentatorAdapter(str(weights), task="total")
+    adapter = TotalSegmentatorAdapter(str(weights), task=task, fast=fast)
     rois = adapter.roi_subset(UMD13)
     reference_file = tmp_path / "reference.nii.gz"
     t = time.perf_counter()
-    with totalseg_environment(weights, in_process=False):
+    with totalseg_environment(weights, in_process=in_process):
         totalsegmentator(
-            image, reference_file, task="total", roi_subset=rois, ml=True, device="cpu", quiet=True, nr_thr_saving=1
-        )
+            image, reference_file, task=task, fast=fast, roi_subset=rois, ml=True, device="cpu", quiet=True,
+            nr_thr_saving=1,
+        )  # fmt: skip
     t_ref = time.perf_counter() - t
 
     data = eval_transforms()({"image": str(image), "label": str(grid)})
@@ -110,7 +128,7 @@ def test_labels_equal_totalsegmentators_own_on_the_file(view, cases, weights, tm
     organs = set(np.unique(expected).tolist()) - {0}
     agreement = float((ours == expected).mean())
     print(
-        f"{view}: TotalSegmentator ids {sorted(raw_ids)} -> organs {sorted(organs)}; agreement {agreement:.4%} "
+        f"{view} {task}{' fast' if fast else ''}: TotalSegmentator ids {sorted(raw_ids)} -> organs {sorted(organs)}; agreement {agreement:.4%} "
         f"of {expected.size} voxels; reference {t_ref:.1f} s, adapter {t_ours:.1f} s"
     )
     assert ours.shape == tuple(data["image"].shape[-3:]) and ours.dtype == np.uint8

@@ -40,6 +40,7 @@ PREPROCESSING = (
 )
 # environment variables TotalSegmentator sets for nnU-Net and never restores
 _ENV_KEYS = ("TOTALSEG_WEIGHTS_PATH", "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+_TRAINERS: dict[str, type] = {}
 
 
 def find_nnunet_trainer(name: str) -> type:
@@ -99,10 +100,13 @@ def totalseg_environment(
     nnunet_lookup = tnn.recursive_find_trainer_class_by_name
 
     def trainer_lookup(name: str) -> type:
-        try:
-            return nnunet_lookup(name)
-        except ImportError:
-            return find_nnunet_trainer(name)
+        # cached: without torchvision each failed lookup re-imports timm before failing
+        if name not in _TRAINERS:
+            try:
+                _TRAINERS[name] = nnunet_lookup(name)
+            except ImportError:
+                _TRAINERS[name] = find_nnunet_trainer(name)
+        return _TRAINERS[name]
 
     def sequential(self: Any, list_of_lists_or_source_folder: Any, output_folder_or_list_of_truncated_output_files: Any,
                    save_probabilities: bool = False, overwrite: bool = True, num_processes_preprocessing: int = 1,
@@ -110,6 +114,15 @@ def totalseg_environment(
                    num_parts: int = 1, part_id: int = 0, **kwargs: Any) -> Any:  # fmt: skip
         if num_parts != 1 or part_id != 0:
             raise ValueError("TotalSegmentator in-process prediction handles one part only")
+        if isinstance(list_of_lists_or_source_folder, (str, os.PathLike)):
+            # nnU-Net's own listing of the input folder, without the pool of 12 processes it uses for it
+            from batchgenerators.utilities.file_and_folder_operations import subfiles
+            from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
+
+            folder, ending = str(list_of_lists_or_source_folder), self.dataset_json["file_ending"]
+            files = subfiles(folder, suffix=ending, join=False, sort=True)
+            ids = get_identifiers_from_splitted_dataset_folder(folder, ending)
+            list_of_lists_or_source_folder = [create_paths_fn(folder, files, ending, f) for f in ids]
         return self.predict_from_files_sequential(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
             overwrite, folder_with_segs_from_prev_stage, **kwargs,

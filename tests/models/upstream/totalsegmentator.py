@@ -5,7 +5,7 @@ TotalSegmentator (``totalsegmentator.libs.download_pretrained_weights``) looks f
 ``totalsegmentator.map_tasks_config.TASK_ID_WEIGHTS_CONFIGS``; inside each, nnU-Net v2's results
 layout: ``<Trainer>__nnUNetPlans__3d_fullres/{plans.json, dataset.json, fold_0/checkpoint_final.pth}``.
 
-Each model here is a tiny nnU-Net ``PlainConvUNet`` (3 stages, 4-8-16 features, a 64^3 patch so that
+Each model here is a tiny nnU-Net ``PlainConvUNet`` (3 stages, 4-8-16 features, a 72 mm patch so that
 a small test image is one window) at the spacing TotalSegmentator resamples to for that model (1.5 mm
 for 291-295 and 850-851, 3 mm for 297 and 852, 6 mm for 298), so nnU-Net's own resampling is the
 identity, as in the released models. ``dataset.json`` labels come from TotalSegmentator's own class
@@ -28,6 +28,8 @@ from typing import Iterator, Sequence
 import torch
 
 CONFIGURATION = "3d_fullres"
+#: Patch edge (voxels) per spacing (mm): 72 mm, so that a test block of about that size is one window.
+PATCH = {1.5: 48, 3.0: 24, 6.0: 12}
 PLANS = "nnUNetPlans"
 
 #: Output bias of the background class: high for the parts whose classes are mostly not organs, so that,
@@ -95,7 +97,7 @@ def tiny_plans(dataset_name: str, spacing: float, mr: bool, features: Sequence[i
                 "data_identifier": f"{PLANS}_{CONFIGURATION}",
                 "preprocessor_name": "DefaultPreprocessor",
                 "batch_size": 2,
-                "patch_size": [64, 64, 64],
+                "patch_size": [PATCH[float(spacing)]] * 3,
                 "median_image_size_in_voxels": [128, 128, 128],
                 "spacing": sp,
                 "normalization_schemes": ["ZScoreNormalization" if mr else "CTNormalization"],
@@ -172,7 +174,7 @@ def save_model(
     (model_dir / "plans.json").write_text(json.dumps(plans, indent=2))
     (model_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     scratch = folder / "_scratch"
-    with _env(nnUNet_results=str(scratch)), contextlib.redirect_stdout(open(os.devnull, "w")):
+    with _env(nnUNet_results=str(scratch)), open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
         trainer = trainer_cls(
             plans={**deepcopy(plans), "continue_training": False}, configuration=CONFIGURATION, fold=0,
             dataset_json=deepcopy(dataset_json), device=torch.device("cpu"),
