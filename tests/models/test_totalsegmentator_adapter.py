@@ -185,5 +185,5 @@ def test_config_builds_the_adapter_with_its_preprocessing(compose_cfg, weights):
     adapter = instantiate(compose_cfg("model=totalsegmentator", f"model.weights_dir={weights}", tiny=False).model)
     assert isinstance(adapter, TotalSegmentatorAdapter) and adapter.task == "total" and not adapter.fast
     row = adapter.info.as_row()
-    assert "intensity_range" not in row and "crops to the requested organs" in row["preprocessing"]
+    assert "intensity_range" not in row and "roi_subset" in row["preprocessing"]
     assert row["vocabulary"] == "total"

@@ -33,10 +33,11 @@ from umd_lightning.organs import OrganSet
 __all__ = ["TotalSegmentatorAdapter", "find_nnunet_trainer", "totalseg_environment"]
 
 PREPROCESSING = (
-    "TotalSegmentator's own pipeline on the image in physical units: a coarse model (6 mm CT, 3 mm MR) "
-    "crops to the requested organs, then reorientation to canonical, linear resampling to 1.5 mm (3 mm with "
-    "fast) cast to integers, nnU-Net's normalisation (CT: clip and z-score; MR: z-score) and sliding window, "
-    "nearest-neighbour back to the input grid"
+    "TotalSegmentator's own pipeline on the image in physical units, written as a NIfTI file with the case's "
+    "affine: a coarse model (6 mm CT, 3 mm MR) crops to the 13 organs' classes (roi_subset), then canonical "
+    "orientation, linear resampling to 1.5 mm (3 mm with fast) cast to integers (a PET's SUVs truncate to whole "
+    "numbers), nnU-Net's normalisation (CT: clip and z-score; MR: z-score) and sliding window, nearest-neighbour "
+    "back to the input grid"
 )
 # environment variables TotalSegmentator sets for nnU-Net and never restores
 _ENV_KEYS = ("TOTALSEG_WEIGHTS_PATH", "nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
