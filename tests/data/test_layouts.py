@@ -292,6 +292,9 @@ def test_layout_registry_and_options():
         load_layout("pattern", ".", images="{subject}/{view}.nii.gz", colour="red")
     with pytest.raises(ManifestError, match="no root folder"):
         load_layout("pattern", "???", images="x")
+    with pytest.raises(ValueError, match=r"layout pattern: option images is required \(--option images=\.\.\. for check, "
+                       r"data.source.options.images=\.\.\. for a run\)"):
+        load_layout("pattern", ".")
 
 
 def test_channel_roles():

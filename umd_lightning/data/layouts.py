@@ -721,6 +721,13 @@ def load_layout(name: str, root: str | Path, **options: Any) -> Manifest:
     except TypeError as exc:
         if "unexpected keyword" in str(exc):
             raise ValueError(f"layout {name}: {exc}") from exc
+        missing = re.findall(r"'(\w+)'", str(exc)) if "missing" in str(exc) and "required" in str(exc) else []
+        if missing:
+            given = " ".join(f"--option {m}=..." for m in missing)
+            raise ValueError(
+                f"layout {name}: option {', '.join(missing)} is required ({given} for check, "
+                + " ".join(f"data.source.options.{m}=..." for m in missing) + " for a run)"
+            ) from None
         raise
 
 
