@@ -233,3 +233,20 @@ def test_a_manifest_of_bad_cases_gives_a_table_of_failed_rows_on_every_run(tiny_
     again = run(compose_job(out, cache_dir, *data))["results"]
     pd.testing.assert_frame_equal(comparable(again), comparable(first))
     assert (out / "results.parquet").is_file()
+
+
+def test_a_pet_in_bq_per_ml_stops_the_run_before_anything_is_scored(tiny_cohort, cache_dir, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from umd_lightning.data.manifest import PetUnitsError
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort.parent, cohort)
+    for pet in cohort.rglob("pet.nii.gz"):
+        img = nib.load(str(pet))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32) * 5000.0, img.affine), str(pet))
+    out = tmp_path / "run"
+    with pytest.raises(PetUnitsError, match=r"pet\.nii\.gz: PET 99\.9th percentile is .*: values look like Bq/ml, not SUV"):
+        run(compose_job(out, cache_dir, "data=manifest", f"data.root={cohort / tiny_cohort.name}", "data.splits.n_test=1"))
+    assert not (out / CASES_DIR).exists() and not (out / "results.csv").exists()

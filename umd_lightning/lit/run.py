@@ -215,6 +215,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         write_or_check_splits(datamodule, out / "splits.json")
         if new_folder:
             write_fingerprint(out, fingerprint)
+        # every file the evaluation reads is checked before anything else runs (a PET in Bq/ml stops here)
+        datamodule.setup("test")
 
     keep_freed_memory()
     L.seed_everything(int(cfg.seed), workers=True)
@@ -234,7 +236,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"output_dir": out}
     if trainer.is_global_zero:
         # Before anything runs, so that a killed run's folder says what it was doing.
-        datamodule.setup("test")
         write_run_manifest(cfg, out, datamodule, fingerprint)
     if cfg.train:
         last = out / "checkpoints" / "last.ckpt"
