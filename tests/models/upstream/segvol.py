@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 #: Small official ``-spatial_size`` / ``-patch_size`` for tests (released: (32, 256, 256) / (4, 16, 16)).
-SMALL_SPATIAL_SIZE = (64, 64, 64)
-SMALL_PATCH_SIZE = (16, 16, 16)
+SMALL_SPATIAL_SIZE = (96, 64, 64)
+SMALL_PATCH_SIZE = (24, 16, 16)
 _TOP = ("segment_anything_volumetric", "network", "utils", "data_process", "inference_demo")
 
 
