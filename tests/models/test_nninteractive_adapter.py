@@ -31,7 +31,8 @@ pytest.importorskip("nnInteractive.inference.inference_session")
 sitk = pytest.importorskip("SimpleITK")
 
 from umd_lightning.data.transforms import eval_transforms  # noqa: E402
-from umd_lightning.models.nninteractive import NnInteractiveAdapter, SessionAxes  # noqa: E402
+from umd_lightning.models.file_axes import SessionAxes  # noqa: E402
+from umd_lightning.models.nninteractive import NnInteractiveAdapter  # noqa: E402
 from umd_lightning.organs import UMD13  # noqa: E402
 from upstream.nninteractive import make_nninteractive_model_folder  # noqa: E402
 

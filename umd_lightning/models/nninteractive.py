@@ -35,81 +35,16 @@ import numpy as np
 import torch
 
 from umd_lightning.models.adapter import CheckpointError, optional_import, weights_only_loading
+from umd_lightning.models.file_axes import SessionAxes
 from umd_lightning.models.foundation import PromptedAdapter, Region, require_path
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator
 
-__all__ = ["NnInteractiveAdapter", "SessionAxes"]
+__all__ = ["NnInteractiveAdapter"]
 
 PREPROCESSING = (
     "nnInteractive's own: the image raw, in the file's storage order as its README reads it with SimpleITK; "
     "the session z-scores it over its nonzero bounding box and works on the image's own grid (no resampling)"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionAxes:
-    """How the RAS volume maps onto the array nnInteractive is given (the file as SimpleITK reads it).
-
-    ``file = flip(transpose(ras, perm), flips)``; the session array is ``file`` with its axes reversed.
-
-    Attributes:
-        perm: file axis j holds RAS axis ``perm[j]``.
-        flips: file axis j runs against its RAS axis.
-        shape: the RAS volume's shape.
-    """
-
-    perm: tuple[int, int, int] = (0, 1, 2)
-    flips: tuple[bool, bool, bool] = (False, False, False)
-    shape: tuple[int, int, int] = (0, 0, 0)
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any], shape: Sequence[int]) -> SessionAxes:
-        """The storage orientation of the file the volume's grid comes from (the label's, else the image's)
-        relative to the volume's own (RAS; ``meta["affine"]`` when given); identity when no file is readable.
-        Orientation only: a volume resampled to another spacing keeps its file's axis order and directions.
-        """
-        import nibabel as nib
-        from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
-
-        shape = tuple(int(s) for s in shape)
-        files = (meta.get("label_path"), meta.get("image_path"))
-        path = next((str(p) for p in files if p and Path(str(p)).is_file()), None)
-        if path is None:
-            return cls(shape=shape)  # type: ignore[arg-type]
-        affine = meta.get("affine")
-        own = axcodes2ornt("RAS") if affine is None else io_orientation(np.asarray(affine, dtype=np.float64))
-        # row i: the volume's axis i becomes file axis t[i, 0], reversed when t[i, 1] < 0
-        t = ornt_transform(own, io_orientation(nib.load(path).affine))  # reads the header only
-        perm = [0, 0, 0]
-        flips = [False, False, False]
-        for i, (j, sign) in enumerate(t):
-            perm[int(j)], flips[int(j)] = i, bool(sign < 0)
-        return cls(perm=tuple(perm), flips=tuple(flips), shape=shape)  # type: ignore[arg-type]
-
-    def to_session(self, volume: np.ndarray) -> np.ndarray:
-        """(X, Y, Z) RAS -> the file's storage order, axes reversed, contiguous."""
-        arr = np.transpose(volume, self.perm)
-        arr = np.flip(arr, [j for j in range(3) if self.flips[j]]) if any(self.flips) else arr
-        return np.ascontiguousarray(arr.transpose(2, 1, 0))
-
-    def from_session(self, array: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`to_session`."""
-        arr = array.transpose(2, 1, 0)
-        arr = np.flip(arr, [j for j in range(3) if self.flips[j]]) if any(self.flips) else arr
-        return np.ascontiguousarray(np.transpose(arr, np.argsort(self.perm)))
-
-    def point(self, coords: Sequence[int]) -> tuple[int, int, int]:
-        """A RAS voxel index -> the session array's index."""
-        file = [
-            (self.shape[self.perm[j]] - 1 - int(coords[self.perm[j]])) if self.flips[j] else int(coords[self.perm[j]])
-            for j in range(3)
-        ]
-        return tuple(file[::-1])  # type: ignore[return-value]
-
-    def box(self, lo: Sequence[int], hi: Sequence[int]) -> list[list[int]]:
-        """Inclusive RAS corners -> nnInteractive's half-open ``[[lb, ub]] * 3`` on the session array."""
-        a, b = self.point(lo), self.point(hi)
-        return [[min(i, j), max(i, j) + 1] for i, j in zip(a, b)]
 
 
 class NnInteractiveAdapter(PromptedAdapter):

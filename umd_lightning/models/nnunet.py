@@ -13,7 +13,7 @@ Input: physical units as the data module gives them (CT in HU, MRI as stored, PE
 nnU-Net models are trained on files as SimpleITK reads them, the voxels in storage order with axes
 reversed, never reoriented, and nnU-Net is not orientation-invariant. Our volumes are RAS on the
 label's grid, so the adapter puts each channel back into the label file's storage order
-(:class:`~umd_lightning.models.nninteractive.SessionAxes`, from ``meta["label_path"]``'s header),
+(:class:`~umd_lightning.models.file_axes.SessionAxes`, from ``meta["label_path"]``'s header),
 reverses the axes, gives the spacing in that order, and maps the labels back: for a given file our
 labels are the ones ``nnUNetPredictor.predict_from_files`` writes for it.
 
@@ -44,7 +44,7 @@ from umd_lightning.models.adapter import (
     weights_only_loading,
 )
 from umd_lightning.models.foundation import FoundationAdapter, label_map_from_names, require_path
-from umd_lightning.models.nninteractive import SessionAxes
+from umd_lightning.models.file_axes import SessionAxes
 from umd_lightning.organs import LabelMap, OrganSet, load_label_map
 
 __all__ = ["NnUNetAdapter", "channel_kinds", "read_nnunet_labels"]
