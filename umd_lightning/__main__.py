@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -74,13 +73,13 @@ def _in_sweep() -> bool:
 
 def _record_failed_job(cfg: DictConfig, exc: BaseException) -> None:
     from umd_lightning.lit.run import FAILED_FILE
+    from umd_lightning.results import atomic_write_text
 
     out = Path(str(OmegaConf.select(cfg, "paths.output_dir", default=".")))
     out.mkdir(parents=True, exist_ok=True)
     message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-    tmp = out / f".{FAILED_FILE}.tmp"
-    tmp.write_text(json.dumps({"model": OmegaConf.select(cfg, "model.name"), "status": "failed", "error": message}))
-    os.replace(tmp, out / FAILED_FILE)
+    record = {"model": OmegaConf.select(cfg, "model.name"), "status": "failed", "error": message}
+    atomic_write_text(out / FAILED_FILE, json.dumps(record))
     logging.getLogger("umd_lightning").error("job failed: %s\n%s", message, traceback.format_exc())
     print(f"umd_lightning: job failed ({out}): {message}", file=sys.stderr)
 

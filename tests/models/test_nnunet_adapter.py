@@ -27,7 +27,6 @@ import torch
 
 pytest.importorskip("nnunetv2")
 
-from umd_lightning.data.manifest import read_manifest  # noqa: E402
 from umd_lightning.data.nnunet_export import write_on_label_grid  # noqa: E402
 from umd_lightning.data.transforms import RAS_LABELS, eval_transforms  # noqa: E402
 from umd_lightning.models.adapter import CheckpointError, weights_only_loading  # noqa: E402

@@ -200,15 +200,15 @@ class UMDDataModule(L.LightningDataModule):
         by_key = {(r.subject_id, r.view): r for r in self._session_records(split)}
         items = []
         for subject in self.splits[split]:
-            for session, (anat_view, pet_view) in SESSION_VIEWS.items():
-                anat, pet = by_key.get((subject, anat_view)), by_key.get((subject, pet_view))
+            for session, (anat_view, functional_view) in SESSION_VIEWS.items():
+                anat, pet = by_key.get((subject, anat_view)), by_key.get((subject, functional_view))
                 if anat is None or pet is None:
                     continue
                 if split == "train":
                     use_anat = subject in self.train_subjects_per_view.get(anat_view, [])
-                    use_pet = subject in self.train_subjects_per_view.get(pet_view, [])
+                    use_pet = subject in self.train_subjects_per_view.get(functional_view, [])
                 else:
-                    use_anat, use_pet = anat_view in self.train_views, pet_view in self.train_views
+                    use_anat, use_pet = anat_view in self.train_views, functional_view in self.train_views
                 if not (use_anat or use_pet):
                     continue
                 items.append(
@@ -217,7 +217,7 @@ class UMDDataModule(L.LightningDataModule):
                         "pet": str(pet.image),
                         "label": str(anat.label),
                         "view_of_anat": anat_view,
-                        "view_of_pet": pet_view,
+                        "view_of_pet": functional_view,
                         "use_anat": use_anat,
                         "use_pet": use_pet,
                         "subject_id": subject,

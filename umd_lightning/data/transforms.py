@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import (

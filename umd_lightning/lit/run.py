@@ -184,9 +184,7 @@ def skip_unconfigured(cfg: DictConfig, out: Path, missing: list[str]) -> dict[st
     keys += [k for k, v in (OmegaConf.select(cfg, f"per_model.{name}") or {}).items() if v is None and k not in keys]
     enable = " ".join(f"per_model.{name}.{k}=PATH" for k in keys)
     record = {"model": name, "status": "skipped", "missing": missing, "enable_with": enable}
-    tmp = out / ".skipped.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / SKIPPED_FILE)
+    atomic_write_text(out / SKIPPED_FILE, json.dumps(record, indent=2))
     log.warning("model %s skipped: no %s (enable with %s)", name, ", ".join(missing), enable)
     return record
 

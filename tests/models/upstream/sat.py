@@ -236,8 +236,6 @@ class _DDP(torch.nn.Module):
 
 
 def _official_main(argv: Sequence[str] | None = None) -> None:
-    import numpy as np
-
     p = argparse.ArgumentParser()
     p.add_argument("--code-dir", required=True)
     p.add_argument("--jsonl", required=True)
