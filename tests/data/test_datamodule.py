@@ -72,6 +72,26 @@ def test_eval_items_are_whole_volumes_on_the_label_grid(tiny_cohort, cache_dir):
         assert np.all(np.diag(affine)[:3] > 0)
 
 
+def test_eval_items_in_physical_units_and_stacked_for_a_multichannel_model(tiny_cohort, cache_dir):
+    single = _dm(cache_dir)
+    single.setup("test")
+    by_view = {b["view"][0]: b for b in single.test_dataloader()}
+    # preprocessing belongs to the model: CT in HU (air about -1000), PET in SUV (>= 0, not scaled to [0, 1])
+    assert float(by_view["CT"]["image"].min()) < -900 and float(by_view["PET_CT"]["image"].max()) > 1.0
+    dm = _dm(cache_dir)
+    dm.channels = ("anatomical", "PET")  # what run() sets from an AutoPET-style nnU-Net model's info
+    dm.setup("test")
+    items = list(dm.test_dataloader())
+    # a session is one case: its anatomical scan, with the session's PET stacked on the same grid
+    assert sorted(b["view"][0] for b in items) == ["CT", "MRI"]
+    for b in items:
+        anat, pet = by_view[b["view"][0]], by_view[f"PET_{b['view'][0]}"]
+        assert b["image"].shape[:2] == (1, 2) and b["image"].shape[2:] == anat["image"].shape[2:]
+        torch.testing.assert_close(b["image"][:, :1], anat["image"])
+        torch.testing.assert_close(b["image"][:, 1:], pet["image"])
+        torch.testing.assert_close(b["label"], anat["label"])
+
+
 def test_k_shot_subjects_per_view(tiny_cohort, cache_dir):
     dm = _dm(cache_dir, train_views=["CT", "PET_CT"], k_shot=1)
     dm.setup("fit")
