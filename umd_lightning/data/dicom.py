@@ -333,7 +333,7 @@ def _highdicom(path):
     try:
         import highdicom
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DicomError(f"{path}: needs the optional package highdicom (pip install highdicom)") from exc
+        raise DicomError(f"{path}: needs the optional package highdicom: install the extra: pip install 'umd_lightning[dicom]'") from exc
     return highdicom
 
 
