@@ -231,9 +231,22 @@ def test_monai_bundle_folder(compose_cfg, tmp_path):
 
     with pytest.raises(CheckpointError, match="bundle folder not found"):
         _build(compose_cfg, "model=monai_bundle", f"model.bundle_dir={tmp_path / 'nope'}")
+    # a "$" expression is Python that MONAI runs while parsing: refused in one line before it runs
+    marker = tmp_path / "code_ran"
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["side_effect"] = f"$open({str(marker)!r}, 'w').write('x')"
+    config["network_def"]["out_channels"] = "$5"
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError) as err:
+        _build(compose_cfg, "model=monai_bundle", f"model.bundle_dir={bundle}")
+    assert "model.trust_code=true" in str(err.value) and "\n" not in str(err.value) and "$" in str(err.value)
+    assert not marker.exists()
+    trusted = _build(compose_cfg, "model=monai_bundle", f"model.bundle_dir={bundle}", "model.trust_code=true")
+    assert trusted.organs_predicted(UMD13) == ("liver", "spleen", "kidney_left")
+
     (bundle / "models" / "model.pt").unlink()
     with pytest.raises(CheckpointError, match="model.pt"):
-        _build(compose_cfg, "model=monai_bundle", f"model.bundle_dir={bundle}")
+        _build(compose_cfg, "model=monai_bundle", f"model.bundle_dir={bundle}", "model.trust_code=true")
 
 
 # ------------------------------------------------------------------------- SAM-Med3D (medim)

@@ -37,6 +37,17 @@ def read_bundle_channels(bundle_dir: str | Path) -> dict[int, str]:
     return {}
 
 
+def _expressions(node: Any) -> list[str]:
+    """The ``$`` expressions (Python that MONAI's ConfigParser evaluates) anywhere in a bundle config."""
+    if isinstance(node, str):
+        return [node] if node.startswith("$") else []
+    if isinstance(node, Mapping):
+        return [e for v in node.values() for e in _expressions(v)]
+    if isinstance(node, (list, tuple)):
+        return [e for v in node for e in _expressions(v)]
+    return []
+
+
 class MonaiBundleAdapter(MonaiNetworkAdapter):
     """A MONAI bundle's network, run by the streamed sliding window.
 
@@ -49,6 +60,8 @@ class MonaiBundleAdapter(MonaiNetworkAdapter):
         checkpoint: weights, relative to the bundle or absolute (default ``models/model.pt``).
         label_map: name or path of a label map for the output channels; None = from metadata.json.
         roi_size: window size; None = the bundle inferer's ``roi_size``.
+        trust_code: run a config that holds ``$`` expressions (MONAI evaluates them as Python when the
+            config is parsed); without it such a bundle stops with one line naming an expression.
         target_spacing: spacing (mm) of the bundle's preprocessing (set it from the bundle's README).
         **kwargs: the rest of :class:`~umd_lightning.models.networks.MonaiNetworkAdapter`.
     """
@@ -64,6 +77,7 @@ class MonaiBundleAdapter(MonaiNetworkAdapter):
         roi_size: Sequence[int] | None = None,
         target_spacing: Sequence[float] | None = None,
         reported_dice: Mapping[str, float] | None = None,
+        trust_code: bool = False,
         **kwargs: Any,
     ) -> None:
         from monai.bundle import ConfigParser
@@ -78,6 +92,13 @@ class MonaiBundleAdapter(MonaiNetworkAdapter):
             cfg_path = require_path(bundle / config_file, "bundle inference config")
         parser = ConfigParser()
         parser.read_config(str(cfg_path))
+        expressions = _expressions(parser.config)
+        if expressions and not trust_code:
+            # MONAI evaluates "$..." entries as Python when the config is parsed: code from the bundle
+            raise CheckpointError(
+                f"{cfg_path}: the bundle config runs Python expressions ({len(expressions)}, e.g. "
+                f"{expressions[0][:80]!r}); read them, then set model.trust_code=true to run this bundle"
+            )
         parser["bundle_root"] = str(bundle)
         if network_key not in parser:
             raise CheckpointError(f"{cfg_path}: no {network_key!r} entry to build the network from")
