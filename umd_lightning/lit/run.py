@@ -202,6 +202,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     missing = missing_values(cfg)
     if missing:
         return {"output_dir": out, "skipped": skip_unconfigured(cfg, out, missing)}
+    for marker in (SKIPPED_FILE, FAILED_FILE):  # a sweep's earlier verdict on this folder no longer holds
+        (out / marker).unlink(missing_ok=True)
 
     datamodule = instantiate(cfg.data, **data_kwargs(cfg))
     fingerprint = None
