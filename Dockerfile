@@ -8,8 +8,9 @@ WORKDIR /opt/umd_lightning
 COPY pyproject.toml README.md ./
 COPY umd_lightning ./umd_lightning
 COPY conf ./conf
-# torch comes from the base image (CUDA build); everything else from the project's own metadata.
-RUN pip install ".[dicom,slurm]"
+# torch comes from the base image (CUDA build; its torchvision works with it); everything else, the study's models
+# included, from the project's own metadata.
+RUN pip install ".[dicom,slurm,study]"
 
 WORKDIR /work
 ENTRYPOINT ["python", "-m", "umd_lightning"]
