@@ -80,23 +80,7 @@ CASE_COLUMNS: tuple[str, ...] = (
 #: Every known column, in table order; a table holds those it needs (others follow, as first seen).
 COLUMNS: tuple[str, ...] = (*CASE_COLUMNS, *ROW_COLUMNS, "error")
 #: Columns that are text whatever their cells look like (``""`` when missing).
-TEXT_COLUMNS: tuple[str, ...] = (
-    "subject_id",
-    "session",
-    "view",
-    "case_id",
-    "image_path",
-    "label_path",
-    "pred_file",
-    "ref_file",
-    "model",
-    "prompt_kind",
-    "prediction",
-    "prompts",
-    "organ",
-    "status",
-    "error",
-)
+TEXT_COLUMNS: tuple[str, ...] = (*(c for c in CASE_COLUMNS if c != "oracle"), "organ", "status", "error")
 #: Columns the discrepancy analysis needs.
 REQUIRED_COLUMNS: tuple[str, ...] = ("model", "subject_id", "view", "case_id", "organ", "dice", "status")
 
