@@ -128,16 +128,22 @@ def map_label_file(
     header.set_data_dtype(out.dtype)
     new = nib.Nifti1Image(out, img.affine, header=header)
     new.header.set_slope_inter(1.0, 0.0)
+    save_nifti_atomic(new, dst)
+    return dst
+
+
+def save_nifti_atomic(img: nib.Nifti1Image, dst: Path) -> None:
+    """Write ``img`` to ``dst`` through a temporary file beside it (``.nii.gz``, so nibabel compresses it)
+    and a rename: a reader never sees half a volume."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".nii.gz", dir=dst.parent)
     os.close(fd)
     try:
-        nib.save(new, tmp)
+        nib.save(img, tmp)
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return dst
 
 
 class LabelConverter:

@@ -28,10 +28,8 @@ Case ids carry the session (``syn000_petct``): read the dataset back with the nn
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
@@ -39,6 +37,7 @@ from typing import Literal, Mapping, Sequence
 import nibabel as nib
 import numpy as np
 
+from umd_lightning.data.layouts import save_nifti_atomic
 from umd_lightning.data.manifest import Manifest, ScanRecord
 from umd_lightning.organs import SESSION_VIEWS, VIEW_SESSION, VIEWS, OrganSet, get_organ_set
 
@@ -74,18 +73,6 @@ def _same_grid(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialIm
     return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, atol=atol)
 
 
-def _atomic_save(img: nib.Nifti1Image, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=FILE_ENDING, dir=dst.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _copy_nifti(src: Path, dst: Path) -> Path:
     """``src`` as ``dst`` (``.nii.gz``): the bytes when already gzipped NIfTI, else re-saved as is."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +80,7 @@ def _copy_nifti(src: Path, dst: Path) -> Path:
         shutil.copyfile(src, dst)
     else:
         img = nib.load(str(src))
-        _atomic_save(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), dst)
+        save_nifti_atomic(nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header), dst)
     return dst
 
 
@@ -123,7 +110,7 @@ def write_on_label_grid(image: Path, label: Path, dst: Path) -> Path:
     """Write ``image`` as ``dst`` on ``label``'s grid: copied when it is already, resampled otherwise."""
     if _same_grid(nib.load(str(image)), nib.load(str(label))):
         return _copy_nifti(image, dst)
-    _atomic_save(image_on_label_grid(image, label), dst)
+    save_nifti_atomic(image_on_label_grid(image, label), dst)
     return dst
 
 
