@@ -34,6 +34,7 @@ from umd_lightning.data.transforms import eval_transforms  # noqa: E402
 from umd_lightning.models.file_axes import SessionAxes  # noqa: E402
 from umd_lightning.models.nninteractive import NnInteractiveAdapter  # noqa: E402
 from umd_lightning.organs import UMD13  # noqa: E402
+from upstream.cases import synthetic_case  # noqa: E402
 from upstream.nninteractive import make_nninteractive_model_folder  # noqa: E402
 
 #: organs whose centre points keep the 96x64x64 patch around the whole tiny image (see module docstring)
@@ -45,25 +46,6 @@ FOREGROUND_BIAS = -1.5
 def model_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("nninteractive")
     return make_nninteractive_model_folder(folder, seed=0, foreground_bias=FOREGROUND_BIAS)
-
-
-def _case(root: Path, kind: str, tmp: Path) -> tuple[Path, Path, str]:
-    """(image file, label file, view): the PET/CT session's CT as stored (RAS), or the PET/MRI session's
-    PET on its label grid, stored LPS like that session's files (so the axes are really mapped)."""
-    if kind == "CT":
-        return root / "syn000" / "petct" / "ct.nii.gz", root / "syn000" / "petct" / "label.nii.gz", "CT"
-    from monai.transforms import LoadImaged
-
-    from umd_lightning.data.transforms import ResampleToLabeld
-
-    label = root / "syn000" / "petmri" / "label.nii.gz"
-    d = LoadImaged(keys=["image", "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True)(
-        {"image": str(root / "syn000" / "petmri" / "pet.nii.gz"), "label": str(label)}
-    )
-    pet = ResampleToLabeld(keys=["image"])(d)["image"][0].numpy().astype(np.float32)
-    path = tmp / "pet.nii.gz"
-    nib.save(nib.Nifti1Image(pet, nib.load(str(label)).affine), str(path))
-    return path, label, "PET_MRI"
 
 
 def _load(image: Path, label: Path, view: str) -> dict:
@@ -142,7 +124,7 @@ def _agreement(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 def test_adapter_matches_the_session_driven_directly(tiny_cohort, model_folder, tmp_path, kind, boxes):
     if boxes and kind == "PET":
         pytest.skip("box prompts: checked on the CT (one case keeps the file's time down)")
-    image, label, view = _case(tiny_cohort.parent, kind, tmp_path)
+    image, label, view = synthetic_case(tiny_cohort.parent, kind, tmp_path)
     # the box case also takes one corrective click per organ, replayed on the reference in order
     prompts = {"center_point": not boxes, "boxes": boxes, "corrective_clicks": int(boxes), "seed": 0}
     adapter = NnInteractiveAdapter(str(model_folder), prompts=prompts)

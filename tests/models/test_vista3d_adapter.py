@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from umd_lightning.organs import UMD13, load_label_map
+from upstream.cases import synthetic_case
 from upstream.vista3d import TINY_EMBED_DIM, make_vista3d_checkpoint, run_vista3d_reference
 
 SPACING = (16.0, 16.0, 16.0)
@@ -41,25 +41,6 @@ def checkpoint(tmp_path_factory) -> Path:
     return make_vista3d_checkpoint(tmp_path_factory.mktemp("vista3d_bundle"), tiny=True, seed=0)
 
 
-def _case(root: Path, kind: str, tmp: Path) -> tuple[Path, Path]:
-    """(image file, label file): the PET/CT session's CT as stored (RAS), or the PET/MRI session's PET
-    on its label grid, stored LPS like that session's files (upstream then reorients and inverts)."""
-    if kind == "CT":
-        return root / "syn000" / "petct" / "ct.nii.gz", root / "syn000" / "petct" / "label.nii.gz"
-    from monai.transforms import LoadImaged
-
-    from umd_lightning.data.transforms import ResampleToLabeld
-
-    label = root / "syn000" / "petmri" / "label.nii.gz"
-    d = LoadImaged(keys=["image", "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True)(
-        {"image": str(root / "syn000" / "petmri" / "pet.nii.gz"), "label": str(label)}
-    )
-    pet = ResampleToLabeld(keys=["image"])(d)["image"][0].numpy().astype(np.float32)
-    path = tmp / "pet.nii.gz"
-    nib.save(nib.Nifti1Image(pet, nib.load(str(label)).affine), str(path))
-    return path, label
-
-
 @pytest.mark.parametrize("reference", ["monai", "checkout"])
 @pytest.mark.parametrize("kind", ["CT", "PET"])
 def test_vista3d_matches_its_own_pipeline(tiny_cohort, checkpoint, tmp_path, kind, reference):
@@ -70,7 +51,7 @@ def test_vista3d_matches_its_own_pipeline(tiny_cohort, checkpoint, tmp_path, kin
 
     if reference == "checkout" and not (Path(CODE_DIR) / "configs" / "infer.yaml").is_file():
         pytest.skip("set UMD_VISTA3D_CODE_DIR to a Project-MONAI/VISTA checkout's vista3d folder for this variant")
-    image_file, label_file = _case(Path(tiny_cohort).parent, kind, tmp_path)
+    image_file, label_file, _ = synthetic_case(Path(tiny_cohort).parent, kind, tmp_path)
 
     adapter = Vista3DAdapter(
         build_vista3d(encoder_embed_dim=TINY_EMBED_DIM), checkpoint=str(checkpoint),
