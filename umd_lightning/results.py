@@ -61,6 +61,9 @@ ROW_COLUMNS: tuple[str, ...] = (
     "ref_volume_ml",
     "nsd_tolerance_mm",
 )
+#: Optional columns of the failure modes (:mod:`umd_lightning.metrics.failure`): written by scoring since
+#: they exist, NaN where undefined; tables without them still read and the analysis runs without them.
+FAILURE_COLUMNS: tuple[str, ...] = ("n_components", "farthest_component_mm", "suv_mean_pred", "suv_mean_ref")
 #: What identifies and describes a case (a test run fills the first group, ``evaluate`` the files).
 CASE_COLUMNS: tuple[str, ...] = (
     "subject_id",
@@ -78,7 +81,7 @@ CASE_COLUMNS: tuple[str, ...] = (
     "prompts",
 )
 #: Every known column, in table order; a table holds those it needs (others follow, as first seen).
-COLUMNS: tuple[str, ...] = (*CASE_COLUMNS, *ROW_COLUMNS, "error")
+COLUMNS: tuple[str, ...] = (*CASE_COLUMNS, *ROW_COLUMNS, *FAILURE_COLUMNS, "error")
 #: Columns that are text whatever their cells look like (``""`` when missing).
 TEXT_COLUMNS: tuple[str, ...] = (*(c for c in CASE_COLUMNS if c != "oracle"), "organ", "status", "error")
 #: Columns the discrepancy analysis needs.
@@ -109,7 +112,7 @@ def order_columns(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def normalise(table: pd.DataFrame) -> pd.DataFrame:
-    """A copy with text columns as ``str`` (``""`` when missing) and metric columns as float64.
+    """A copy with text columns as ``str`` (``""`` when missing), metric and failure columns as float64.
 
     Any table (built in memory, read from CSV or Parquet) compares equal to its round trip after this.
     """
@@ -118,7 +121,7 @@ def normalise(table: pd.DataFrame) -> pd.DataFrame:
         if col in out.columns:
             out[col] = [_text(v) for v in out[col]]
             out[col] = out[col].astype(object)
-    for col in METRIC_COLUMNS:
+    for col in (*METRIC_COLUMNS, *FAILURE_COLUMNS):
         if col in out.columns:
             out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64)
     return out

@@ -1,0 +1,159 @@
+r"""Mask-level quantities behind the failure modes, computed where the masks are in memory: at scoring.
+
+:func:`failure_columns` gives, per organ of one case, the optional columns of the results table
+(:data:`~umd_lightning.results.FAILURE_COLUMNS`):
+
+- ``n_components``: connected components of the predicted mask (26-connectivity: voxels touching by
+  a face, an edge or a corner are one component); 0 when nothing is predicted.
+- ``farthest_component_mm``: the distance from the reference organ to the farthest predicted
+  component, :math:`\max_C \min_{c \in C, r \in R} \lVert (c - r) \odot s \rVert_2` in mm between
+  voxel centres, with a component that overlaps the reference at distance 0. So 0 means every
+  component touches the reference organ, and a value above a few voxels is a stray component (or, with
+  one component, a prediction elsewhere). NaN when either mask is empty.
+- ``suv_mean_pred`` / ``suv_mean_ref``: the mean SUV of the PET inside the predicted / reference mask,
+  on PET views (``suv`` given); NaN without a PET or with an empty mask.
+
+Why the distance needs only surfaces: for disjoint voxel sets the closest pair lies on both sets'
+6-connected boundaries (a step from an interior voxel towards the other set shortens the distance), and
+the boundary of the predicted mask is the union of its components' boundaries under 26-connectivity.
+
+Cost: per organ, the work is on the organ's bounding-box crops of the two label maps (bool), one
+``scipy.ndimage.label`` of the predicted crop (int32 component ids, the crop's size) and a nearest
+surface search only for components that do not overlap the reference; the SUV means index the PET
+crop with the masks. No whole-volume array is made, except the two ``find_objects`` passes over the
+label maps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+from umd_lightning.metrics.functional import _boundary, _check_spacing, _nearest, _Surface, _to_numpy
+from umd_lightning.results import FAILURE_COLUMNS
+
+#: 26-connectivity: the predicted components a reader would see as one blob are one.
+_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+def _suv_array(suv: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The PET as a numpy view (D, H, W) on the label grid; torch tensors are moved to the CPU, not copied."""
+    if hasattr(suv, "detach"):
+        suv = suv.detach().cpu()
+        suv = (suv.as_tensor() if hasattr(suv, "as_tensor") else suv).numpy()  # MetaTensor: a plain view
+    arr = np.asarray(suv)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.shape != shape:
+        raise ValueError(f"suv must lie on the label grid {shape}, got shape {arr.shape}")
+    return arr
+
+
+def _masked_mean(values: np.ndarray | None, box: tuple[slice, ...] | None, mask: np.ndarray | None) -> float:
+    if values is None or box is None or mask is None or not mask.any():
+        return float("nan")
+    return float(values[box][mask].mean(dtype=np.float64))
+
+
+def _farthest_component(
+    components: np.ndarray, n: int, p_start: np.ndarray, p_mask: np.ndarray,
+    r_start: np.ndarray, r_mask: np.ndarray, spacing: np.ndarray, workers: int,
+) -> float:
+    """Distance (mm) from the reference mask to the farthest of the ``n`` labelled components."""
+    lo = np.maximum(p_start, r_start)
+    hi = np.minimum(p_start + p_mask.shape, r_start + r_mask.shape)
+    touching = np.zeros(n + 1, dtype=bool)
+    if np.all(hi > lo):
+        in_p = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, p_start))
+        in_r = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, r_start))
+        touching[np.unique(components[in_p][r_mask[in_r]])] = True
+    touching[0] = True  # background is no component
+    if touching.all():
+        return 0.0
+    # Only the boundary voxels of components that do not overlap the reference are searched.
+    flat = np.flatnonzero(_boundary(p_mask))
+    ids = components.ravel()[flat]
+    keep = ~touching[ids]
+    flat, ids = flat[keep], ids[keep]
+    points = np.stack(np.unravel_index(flat, p_mask.shape), axis=1) + p_start
+    ref_surface = _Surface(r_start, _boundary(r_mask))
+    dist = _nearest(points, ref_surface, spacing, "window", workers)
+    nearest = np.full(n + 1, np.inf)
+    np.minimum.at(nearest, ids, dist)
+    return float(nearest[~touching].max())
+
+
+def failure_columns(
+    pred: Any,
+    ref: Any,
+    spacing: Any,
+    labels: Mapping[int, str],
+    *,
+    suv: Any = None,
+    workers: int = 1,
+) -> dict[str, dict[str, float]]:
+    """Components, farthest-component distance and SUV means of every organ of one case.
+
+    Args:
+        pred: predicted integer label map (D, H, W), numpy or torch.
+        ref: reference label map on the same grid.
+        spacing: voxel size in mm, in the arrays' axis order.
+        labels: ``{label_id: organ_name}``.
+        suv: the PET in SUV on the same grid (D, H, W) on a PET view, else None (SUV columns NaN).
+        workers: threads for the nearest-surface search.
+
+    Returns:
+        ``{organ: {column: value}}`` with the keys of :data:`FAILURE_COLUMNS`: plain numbers (the
+        component count an int), NaN where undefined (see the module docstring).
+
+    Raises:
+        ValueError: grids differ, bad spacing, or ``suv`` off the label grid.
+
+    Example:
+        >>> import numpy as np
+        >>> ref = np.zeros((30, 10, 10), dtype=np.uint8); ref[2:6, 2:6, 2:6] = 1
+        >>> pred = ref.copy(); pred[20:22, 2:4, 2:4] = 1      # a stray blob 15 voxels past the organ
+        >>> suv = np.where(ref == 1, 3.0, 1.0).astype(np.float32)
+        >>> cols = failure_columns(pred, ref, (2.0, 1.0, 1.0), {1: "liver"}, suv=suv)["liver"]
+        >>> cols["n_components"], cols["farthest_component_mm"], cols["suv_mean_ref"]
+        (2, 30.0, 3.0)
+    """
+    p_arr, r_arr = _to_numpy(pred, "pred"), _to_numpy(ref, "ref")
+    if p_arr.shape != r_arr.shape:
+        raise ValueError(f"pred and ref must be on the same grid, got shapes {p_arr.shape} and {r_arr.shape}")
+    spacing_arr = np.asarray(_check_spacing(spacing))
+    suv_arr = None if suv is None else _suv_array(suv, p_arr.shape)
+    labels = {int(k): str(v) for k, v in dict(getattr(labels, "labels", labels)).items()}
+    max_label = max(labels)
+    p_boxes = ndimage.find_objects(p_arr, max_label=max_label)
+    r_boxes = ndimage.find_objects(r_arr, max_label=max_label)
+    nan = float("nan")
+    out: dict[str, dict[str, float]] = {}
+    for label_id in sorted(labels):
+        p_box, r_box = p_boxes[label_id - 1], r_boxes[label_id - 1]
+        p_mask = None if p_box is None else p_arr[p_box] == label_id
+        r_mask = None if r_box is None else r_arr[r_box] == label_id
+        n, farthest = 0, nan
+        if p_mask is not None:
+            components, n = ndimage.label(p_mask, structure=_CONNECTIVITY)
+            if r_mask is not None:
+                farthest = _farthest_component(
+                    components, n, _start(p_box), p_mask, _start(r_box), r_mask, spacing_arr, workers
+                )
+            del components
+        out[labels[label_id]] = dict(
+            zip(
+                FAILURE_COLUMNS,
+                (int(n), farthest, _masked_mean(suv_arr, p_box, p_mask), _masked_mean(suv_arr, r_box, r_mask)),
+            )
+        )
+    return out
+
+
+def _start(box: tuple[slice, ...]) -> np.ndarray:
+    return np.array([s.start for s in box], dtype=np.int64)
+
+
+__all__ = ["FAILURE_COLUMNS", "failure_columns"]
