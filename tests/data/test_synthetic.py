@@ -282,7 +282,7 @@ def test_ensure_cohort_reuses_and_regenerates(tmp_path):
 
 
 def test_cohort_is_published_atomically_with_normal_permissions(tmp_path):
-    from umd_lightning.data.synthetic import _publish, _umask
+    from umd_lightning.data.synthetic.cache import _publish, _umask
 
     cfg = CohortConfig(n_subjects=1, seed=3, scale=3.0)
     folder = ensure_cohort(tmp_path, cfg).parent

@@ -1,6 +1,6 @@
 """The manifest: one validated row per scan, the only thing the rest of the pipeline reads.
 
-A manifest comes from the synthetic cohort, a dataset layout (``layouts.py``), or a CSV/JSON file with the
+A manifest comes from the synthetic cohort, a dataset layout (``layouts/``), or a CSV/JSON file with the
 columns ``subject_id, session, view, image, label[, split]``. Relative paths resolve against the manifest
 file's folder. :func:`validate_manifest` checks every file before any model runs; each problem names the
 file and what is wrong with it.

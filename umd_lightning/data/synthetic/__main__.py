@@ -1,0 +1,3 @@
+from umd_lightning.data.synthetic.cli import main
+
+main()
