@@ -31,6 +31,7 @@ from .discrepancy import (
     sensitivity_table,
     view_summary,
 )
+from .failure import OVER_RATIO, STRAY_MM, failure_figures, failure_modes, volume_agreement
 from .figures import main_figures, to_png
 from .overlay import overlay_figures
 
@@ -41,6 +42,8 @@ TABLE_FILES: dict[str, str] = {
     "generalisation_gap": "generalisation_gap.csv",
     "sensitivity": "sensitivity.csv",
     "selected_cases": "selected_cases.csv",
+    "failure_modes": "failure_modes.csv",
+    "volume_agreement": "volume_agreement.csv",
 }
 META_FILE = "analysis.meta.json"
 REPORT_FILE = "report.html"
@@ -60,6 +63,8 @@ class Analysis:
     figures: dict[str, Figure] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    failure_modes: pd.DataFrame = field(default_factory=pd.DataFrame)
+    volume_agreement: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in TABLE_FILES}
@@ -126,6 +131,9 @@ def analyze(
     sens = sensitivity_table(df, policy, metrics, alpha=alpha, discrepancy_run=disc)
     selected = select_cases(df, "dice")
     figs: dict[str, Figure] = main_figures(df, disc, gap, metrics) if figures else {}
+    modes, agreement = failure_modes(df), volume_agreement(df, level=level)
+    if figures:
+        figs.update(failure_figures(df, modes, agreement))
     if overlays:
         over, skipped = overlay_figures(selected, organ_names(meta, df))
         figs.update(over)
@@ -134,10 +142,12 @@ def analyze(
         "results_meta": meta,
         "analysis": {"metrics": list(metrics), "n_boot": n_boot, "seed": seed, "level": level, "alpha": alpha,
                      "empty_policy": policy, "models": models,
-                     "n_subjects": int(df["subject_id"].nunique()), "n_rows": int(len(df))},
+                     "n_subjects": int(df["subject_id"].nunique()), "n_rows": int(len(df)),
+                     "failure_modes": {"over_segmented_ratio": OVER_RATIO, "stray_component_mm": STRAY_MM}},
         "notes": notes,
     }
-    return Analysis(disc, view_summary(df, metrics), gap, sens, selected, figs, info, notes)
+    return Analysis(disc, view_summary(df, metrics), gap, sens, selected, figs, info, notes,
+                    failure_modes=modes, volume_agreement=agreement)
 
 
 def write_analysis(
