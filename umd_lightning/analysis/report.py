@@ -32,7 +32,7 @@ from .discrepancy import (
     view_summary,
 )
 from .failure import OVER_RATIO, STRAY_MM, failure_figures, failure_modes, volume_agreement
-from .figures import main_figures, to_png
+from .figures import FIGURE_DPI, FIGURE_FORMATS, main_figures, save_figure
 from .overlay import overlay_figures
 
 #: File names written into an analysis folder, by table.
@@ -48,7 +48,6 @@ TABLE_FILES: dict[str, str] = {
 META_FILE = "analysis.meta.json"
 REPORT_FILE = "report.html"
 FIGURE_DIR = "figures"
-_FIGURE_ORDER = ("slope", "heatmap", "forest", "reported_vs_measured", "overlay")
 
 
 @dataclass
@@ -135,7 +134,7 @@ def analyze(
     if figures:
         figs.update(failure_figures(df, modes, agreement))
     if overlays:
-        over, skipped = overlay_figures(selected, organ_names(meta, df))
+        over, skipped = overlay_figures(selected, organ_names(meta, df), results=df)
         figs.update(over)
         notes += [f"overlay skipped: {s}" for s in skipped]
     info = {
@@ -155,9 +154,9 @@ def write_analysis(
     out_dir: str | Path,
     write_report_html: bool = True,
     title: str | None = None,
-    dpi: int = 100,
+    dpi: int = FIGURE_DPI,
 ) -> dict[str, Any]:
-    """Write tables (CSV), figures (``figures/<name>.png``), metadata and optionally the report.
+    """Write tables (CSV), figures (``figures/<name>.png`` and ``.svg``), metadata and optionally the report.
 
     Args:
         analysis: from :func:`analyze`.
@@ -183,16 +182,12 @@ def write_analysis(
     return {"tables": tables, "figures": figures, "meta": meta_path, "report": report}
 
 
-def write_figures(figs: Mapping[str, Figure], out_dir: str | Path, dpi: int = 100) -> dict[str, Path]:
-    """Save each figure as ``out_dir/figures/<name>.png``; returns ``{name: path}``."""
+def write_figures(figs: Mapping[str, Figure], out_dir: str | Path, dpi: int = FIGURE_DPI,
+                  formats: Sequence[str] = FIGURE_FORMATS) -> dict[str, Path]:
+    """Save each figure as ``out_dir/figures/<name>.png`` (``dpi``) and ``.svg``; returns ``{name: png path}``."""
     fig_dir = Path(out_dir) / FIGURE_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, fig in figs.items():
-        path = fig_dir / f"{name}.png"
-        path.write_bytes(to_png(fig, dpi=dpi))
-        paths[name] = path
-    return paths
+    return {name: save_figure(fig, fig_dir / name, dpi=dpi, formats=formats)["png"] for name, fig in figs.items()}
 
 
 # --------------------------------------------------------------------------- combining tables
@@ -248,7 +243,7 @@ def combine_results(
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;
-color:#222;padding:0 1em}
+color:#222;padding:0 1em;line-height:1.4}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:12px;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:right}
@@ -257,18 +252,61 @@ tr.sig td{background:#fff2e6}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:12px;color:#555}
 .meta td{text-align:left}.note{color:#8a4b00}
+#headline p.lead{font-size:1.15em;background:#f5f9ff;border-left:4px solid #0072B2;padding:.5em .8em}
+dl.methods dt{font-weight:600;margin-top:.4em}dl.methods dd{margin-left:1.5em}
 details summary{cursor:pointer;font-weight:600;margin:.5em 0}
 """
 
+_FIGURE_ORDER = ("forest", "slope", "heatmap", "overlay", "dice_vs_volume", "bland_altman", "suv_agreement",
+                 "reported_vs_measured")
 _FIGURE_CAPTIONS = {
-    "slope": "Paired slopes per organ from each anatomical view to its PET (grey: one subject; colour: mean).",
+    "slope": "Paired slopes per organ from each anatomical view to its PET (grey: one subject; colour: the "
+             "PET view's mean).",
     "heatmap": "Mean Dice per view and organ.",
-    "forest": "Mean paired difference (compared - reference) with 95% bootstrap CI; filled: Holm-adjusted "
-              "p below alpha.",
-    "reported_vs_measured": "Measured macro Dice per view against the Dice the model's paper reports.",
-    "overlay": "Best, median and worst case of the view (by case mean Dice): prediction filled, reference "
-               "outlined.",
+    "forest": "Mean paired difference (compared - reference) with its 95% CI per organ, every panel on one "
+              "x-axis; the arrows say which side is worse; filled: Holm-adjusted p below alpha.",
+    "reported_vs_measured": "Measured macro Dice per view against the Dice the model's paper reports (only "
+                            "where one is reported).",
+    "overlay": "Best, median and worst case of the view (by case mean Dice), planes through each case's worst "
+               "organ: prediction filled, reference outlined; R/L, A/P, S/I from the image affine; PET in SUV.",
+    "dice_vs_volume": "Dice against the reference organ volume.",
+    "bland_altman": "Bland-Altman agreement of predicted and reference volumes.",
+    "suv_agreement": "SUVmean inside the predicted mask against inside the reference mask (PET views).",
 }
+
+#: Readable table headers, by raw column name; other columns get :func:`readable_column`'s generic form.
+COLUMN_NAMES: dict[str, str] = {
+    "model": "Model", "view": "View", "pair_kind": "Pair", "ref_view": "Reference view",
+    "cmp_view": "Compared view", "organ": "Organ", "metric": "Metric", "n": "Subjects (n)",
+    "mean_ref": "Mean, reference", "mean_cmp": "Mean, compared", "mean_diff": "Mean difference (compared - reference)",
+    "ci_low": "CI low", "ci_high": "CI high", "p": "p (Wilcoxon)", "p_holm": "p (Holm)", "significant": "Significant",
+    "effect_dz": "Effect size d_z", "cmp_worse": "Worse on compared view", "reason": "Note", "n_rows": "Rows",
+    "n_nonzero": "Non-zero differences", "min_attainable_p": "Smallest attainable p", "underpowered": "Underpowered",
+    "k_worse": "Subjects worse", "n_compared": "Subjects compared", "n_worse_of": "Subjects compared",
+    "sign_consistent": "Same sign in all", "ci_method": "Interval", "dz_flag": "d_z caveat", "both_failed": "Both failed",
+    "n_subjects": "Subjects", "n_organs": "Organs", "organs_worse": "Organs worse", "mixed_coef": "Mixed model: view effect",
+    "mixed_ci_low": "Mixed model CI low", "mixed_ci_high": "Mixed model CI high", "mixed_p": "Mixed model p",
+    "mixed_note": "Mixed model note", "sentence": "Headline", "rank": "Rank (1 = best)", "rank_ci_low": "Rank CI low",
+    "rank_ci_high": "Rank CI high", "p_first": "Share of bootstraps ranked first",
+    "rank_change_vs_ref": "Rank change vs structural view", "failure_rate": "Failure rate", "missed_rate": "Missed rate",
+    "n_both_empty": "Both empty", "n_not_predicted": "Not predicted", "n_failed": "Failed", "scope": "Scope",
+    "quantity": "Quantity", "value_worst": "Worst-case policy", "value_exclude": "Exclude policy",
+    "delta": "Delta (exclude - worst)", "policy_run": "Policy of the run", "reported_dice": "Reported Dice",
+    "measured_dice": "Measured Dice", "gap": "Gap (reported - measured)", "case_id": "Case", "subject_id": "Subject",
+    "which": "Shown as", "score": "Case mean Dice",
+}
+_TOKENS = {"dice": "Dice", "hd95": "HD95", "nsd": "NSD", "assd": "ASSD", "ci": "CI", "iqr": "IQR", "q1": "Q1",
+           "q3": "Q3", "suv": "SUV", "mm": "(mm)", "ml": "(ml)", "p": "p", "n": "n", "ref": "reference",
+           "pred": "predicted", "cmp": "compared", "loa": "limit of agreement"}
+
+
+def readable_column(col: str) -> str:
+    """A table header in words: ``COLUMN_NAMES`` or the raw name with its tokens spelled out."""
+    if col in COLUMN_NAMES:
+        return COLUMN_NAMES[col]
+    words = [_TOKENS.get(w, w) for w in str(col).split("_") if w]
+    text = " ".join(words)
+    return text[:1].upper() + text[1:] if text else str(col)
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -280,31 +318,30 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return pd.DataFrame()
 
 
+def _cell(v: Any, digits: int) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "&ndash;"
+        if 1e-12 < abs(v) < 10 ** -digits:  # small p-values stay readable
+            return f"{v:.2e}"
+        return f"{0.0 if abs(v) <= 1e-12 else v:.{digits}f}"
+    return "" if v is None else html.escape(str(v))
+
+
 def _table_html(df: pd.DataFrame | None, highlight: str | None = None, digits: int = 3) -> str:
     if df is None:
         return "<p>(not computed)</p>"
     if df.empty:
         return "<p>(empty)</p>"
     cols = list(df.columns)
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    head = "".join(f"<th title='{html.escape(str(c))}'>{html.escape(readable_column(str(c)))}</th>" for c in cols)
     body = []
     for _, row in df.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            if isinstance(v, (float, np.floating)):
-                if not np.isfinite(v):
-                    text = "&ndash;"
-                elif 1e-12 < abs(v) < 10 ** -digits:  # small p-values stay readable
-                    text = f"{v:.2e}"
-                else:
-                    text = f"{0.0 if abs(v) <= 1e-12 else v:.{digits}f}"
-            else:
-                text = "" if v is None or (isinstance(v, float) and np.isnan(v)) else html.escape(str(v))
-            cells.append(f"<td>{text}</td>")
+        cells = "".join(f"<td>{_cell(row[c], digits)}</td>" for c in cols)
         sig = highlight is not None and bool(row.get(highlight, False)) is True
-        cls = " class='sig'" if sig else ""
-        body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+        body.append(f"<tr{' class=sig' if sig else ''}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -316,11 +353,145 @@ def _figure_kind(name: str) -> str:
 
 
 def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    kind = "svg+xml" if path.suffix == ".svg" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float, np.floating)) and np.isfinite(v) else "?"
+
+
+def headline_sentences(tables: Mapping[str, pd.DataFrame | None]) -> tuple[list[str], str]:
+    """The plain-words headline: ``headline.csv``'s sentences, else one per model x PET pair from the
+    discrepancy table (organ-averaged Dice difference, without an interval).
+
+    Returns:
+        ``(sentences, source)`` where ``source`` names the table they come from.
+    """
+    head = tables.get("headline")
+    if head is not None and not head.empty and "sentence" in head.columns:
+        order = {"dice": 0, "nsd": 1, "hd95": 2}
+        h = head.assign(_m=head["metric"].map(order).fillna(9) if "metric" in head.columns else 0)
+        h = h.sort_values("_m", kind="stable")
+        return [str(x) for x in h["sentence"].dropna() if str(x).strip()], "headline"
+    disc = tables.get("discrepancy")
+    if disc is None or disc.empty:
+        return [], ""
+    out = []
+    # the structural -> PET pairs (CT vs PET_CT, MRI vs PET_MRI): the question the benchmark asks
+    d = disc[(disc["metric"] == "dice") & disc["cmp_view"].astype(str).str.startswith("PET")
+             & ~disc["ref_view"].astype(str).str.startswith("PET")]
+    for (model, kind), g in d.groupby(["model", "pair_kind"], sort=False):
+        diff = g["mean_diff"].to_numpy(np.float64)
+        diff = diff[np.isfinite(diff)]
+        if not len(diff):
+            continue
+        ref, cmp = g["ref_view"].iloc[0], g["cmp_view"].iloc[0]
+        m = float(diff.mean())
+        worse = int((diff < 0).sum())
+        out.append(f"On {cmp}, {model}'s Dice is {abs(m):.2f} {'lower' if m < 0 else 'higher'} than on {ref} "
+                   f"(mean over {len(diff)} organs; {worse} of {len(diff)} organs worse; no subject-clustered "
+                   "interval in this folder)")
+    return out, "discrepancy"
+
+
+def _synthetic_source(run_dir: Path, rmeta: Mapping[str, Any]) -> bool:
+    """Whether the run read the built-in synthetic cohort (its ``run_manifest.json`` says so)."""
+    folders = [run_dir] + [Path(str(s)).parent for s in rmeta.get("sources", []) or []]
+    for folder in folders:
+        path = folder / "run_manifest.json"
+        if path.is_file():
+            try:
+                cfg = json.loads(path.read_text()).get("config", {})
+            except (OSError, ValueError):
+                continue
+            if str(((cfg.get("data") or {}).get("source") or {}).get("layout", "")) == "synthetic":
+                return True
+    return False
+
+
+def caveats(run_dir: Path, info: Mapping[str, Any], tables: Mapping[str, pd.DataFrame | None]) -> list[str]:
+    """The caveats a reader needs: ``methods.caveats`` plus those only the run folder knows
+    (synthetic data, sample size, worst-case HD95, NSD tolerance) where the stats do not say them."""
+    methods = info.get("methods", {}) or {}
+    rmeta = info.get("results_meta", {}) or {}
+    ameta = info.get("analysis", {}) or {}
+    out = [str(c) for c in methods.get("caveats", []) or []]
+    said = " ".join(out).lower()
+    if _synthetic_source(run_dir, rmeta) and "synthetic" not in said:
+        out.append("The images are the built-in synthetic cohort, not patient data: the numbers test the pipeline, "
+                   "not a model's clinical accuracy.")
+    n = ameta.get("n_subjects")
+    if isinstance(n, int) and "subject" not in said:
+        out.append(f"{n} subjects: with so few, an exact Wilcoxon test cannot reach small p-values and intervals "
+                   "are wide; read the consistency of signs more than the p-values.")
+    vs = tables.get("view_summary")
+    if "hd95" not in said and ameta.get("empty_policy", rmeta.get("empty_policy")) == "worst":
+        rate = ""
+        if vs is not None and not vs.empty and {"missed_rate", "organ"} <= set(vs.columns):
+            rate = f" (up to {100 * float(vs.loc[vs['organ'] == 'all', 'missed_rate'].max()):.0f}% of organs " \
+                   "missed in a view)"
+        out.append("HD95 of a missed or hallucinated organ is the volume diagonal (worst-case policy): a few such "
+                   f"organs dominate HD95 means{rate}; the medians and Dice are less affected.")
+    tol = methods.get("nsd_tolerance_mm", rmeta.get("nsd_tolerance_mm"))
+    if "nsd" not in said and isinstance(tol, (int, float)):
+        note = methods.get("nsd_tolerance_note") or ""
+        spacing = rmeta.get("target_spacing")
+        if not note and spacing:
+            note = f"the model's grid has {', '.join(f'{s:g}' for s in spacing)} mm voxels"
+        out.append(f"NSD counts boundary voxels within {tol:g} mm" + (f"; {note}" if note else "")
+                   + ": a tolerance below the voxel size makes NSD a near-exact-boundary score.")
+    return out
+
+
+def _methods_html(info: Mapping[str, Any]) -> str:
+    methods = info.get("methods", {}) or {}
+    rmeta = info.get("results_meta", {}) or {}
+    ameta = info.get("analysis", {}) or {}
+    items: list[tuple[str, Any]] = [
+        ("Primary endpoint", methods.get("primary_endpoint")),
+        ("Test", methods.get("test", "Wilcoxon signed-rank, two-sided, over subjects with both views")),
+        ("Multiple comparisons", " ".join(str(x) for x in (methods.get("correction", "Holm"),
+                                                           methods.get("correction_family",
+                                                                       "across organs within model x pair kind x metric"))
+                                          if x)),
+        ("Intervals", methods.get("interval_method",
+                                  f"bootstrap over subjects, {ameta.get('n_boot', '?')} resamples, level "
+                                  f"{ameta.get('level', '?')}")),
+        ("Headline interval", methods.get("headline_interval")),
+        ("Mixed model (check)", methods.get("mixed_model")),
+        ("Alpha", methods.get("alpha", ameta.get("alpha"))),
+        ("Empty-mask policy", rmeta.get("empty_policy_rule") or ameta.get("empty_policy")),
+        ("HD95", rmeta.get("hd_rule")),
+        ("NSD", " ".join(str(x) for x in (f"tolerance {rmeta.get('nsd_tolerance_mm', '?')} mm;",
+                                          methods.get("nsd_tolerance_note") or "", rmeta.get("nsd_rule") or ""))),
+        ("Voxel spacing (mm)", methods.get("voxel_spacing_mm")),
+        ("Subjects needed", methods.get("subjects_needed")),
+        ("Paired differences", "compared - reference over subjects with both views: for Dice and NSD negative "
+                               "means worse on the compared view, for HD95 positive does."),
+    ]
+    rows = []
+    for key, val in items:
+        if val in (None, "", {}, []):
+            continue
+        text = json.dumps(val) if isinstance(val, (dict, list)) else str(val)
+        rows.append(f"<dt>{html.escape(key)}</dt><dd>{html.escape(text)}</dd>")
+    return "<dl class='methods'>" + "".join(rows) + "</dl>"
+
+
+#: Tables of the report, in order: (table, heading, columns shown first or None for all, metric split).
+_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("ranking", "Models side by side: ranking per view"),
+    ("failure_modes", "Failure modes per case and organ"),
+    ("volume_agreement", "Volume agreement (Bland-Altman)"),
+)
 
 
 def render_report(run_dir: str | Path, title: str | None = None) -> str:
-    """The HTML report of an analysis folder, with every ``figures/*.png`` inlined as a data URI.
+    """The HTML report of an analysis folder, every figure inlined (SVG, else PNG) as a data URI.
+
+    Order: the headline in plain words with its interval, methods, caveats, the run's settings,
+    tables with readable headers, figures.
 
     Args:
         run_dir: folder holding the files :func:`write_analysis` writes (missing ones are shown as
@@ -336,10 +507,30 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
     rmeta = info.get("results_meta", {})
     ameta = info.get("analysis", {})
     title = title or f"Modality discrepancy report: {run_dir.resolve().name}"
-    t = {name: _read_csv(run_dir / fname) for name, fname in TABLE_FILES.items()}
+    files = {**TABLE_FILES, "headline": "headline.csv", "ranking": "ranking.csv"}
+    t = {name: _read_csv(run_dir / fname) for name, fname in files.items()}
 
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    sentences, source = headline_sentences(t)
+    parts.append("<section id='headline'><h2>Headline</h2>")
+    if sentences:
+        parts += [f"<p class='lead'>{html.escape(s)}</p>" for s in sentences[:1]]
+        parts += [f"<p>{html.escape(s)}</p>" for s in sentences[1:]]
+        if source == "discrepancy":
+            parts.append("<p class='note'>headline.csv is absent: these are organ averages of the discrepancy "
+                         "table, without a subject-clustered interval.</p>")
+    else:
+        parts.append("<p>(no paired comparison in this table)</p>")
+    parts.append("</section>")
+
+    parts.append("<section id='methods'><h2>Methods</h2>" + _methods_html(info) + "</section>")
+    parts.append("<section id='caveats'><h2>Caveats</h2><ul>"
+                 + "".join(f"<li>{html.escape(c)}</li>" for c in caveats(run_dir, info, t)) + "</ul>")
+    for note in info.get("notes", []):
+        parts.append(f"<p class='note'>{html.escape(str(note))}</p>")
+    parts.append("</section>")
+
     meta_rows = {
         "models": ", ".join(map(str, ameta.get("models", []))),
         "subjects / rows": f"{ameta.get('n_subjects', '?')} / {ameta.get('n_rows', '?')}",
@@ -354,14 +545,13 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
         "sources": ", ".join(map(str, rmeta.get("sources", []))) or "-",
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    parts.append("<table class='meta'>" + "".join(
+    parts.append("<h2>Run</h2><table class='meta'>" + "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in meta_rows.items()) + "</table>")
-    parts.append("<p>Paired differences are <b>compared - reference</b> over subjects with both views: for Dice "
-                 "and NSD negative means worse in the compared view, for HD95 positive does. p: Wilcoxon "
-                 "signed-rank; p_holm: Holm-adjusted across organs within model x pair kind x metric; "
-                 "effect_dz: mean difference / SD of differences.</p>")
-    for note in info.get("notes", []):
-        parts.append(f"<p class='note'>{html.escape(str(note))}</p>")
+
+    head = t["headline"]
+    if head is not None and not head.empty:
+        cols = [c for c in head.columns if c != "sentence"]
+        parts.append("<h2>Headline estimates</h2>" + _table_html(head[cols]))
 
     vs = t["view_summary"]
     parts.append("<h2>Per view</h2>")
@@ -375,21 +565,35 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
         parts.append(_table_html(vs))
 
     disc = t["discrepancy"]
-    parts.append("<h2>Paired discrepancy</h2>")
+    parts.append("<h2>Paired discrepancy per organ</h2>")
     if disc is not None and not disc.empty:
-        cols = ["model", "pair_kind", "organ", "n", "mean_ref", "mean_cmp", "mean_diff", "ci_low", "ci_high",
-                "p", "p_holm", "effect_dz", "significant", "reason"]
+        first = ["model", "pair_kind", "organ", "n", "mean_ref", "mean_cmp", "mean_diff", "ci_low", "ci_high",
+                 "p", "p_holm", "significant", "k_worse", "n_compared", "underpowered", "effect_dz", "dz_flag",
+                 "both_failed", "reason"]
+        cols = [c for c in first if c in disc.columns]
         for metric in pd.unique(disc["metric"]):
             d = disc[disc["metric"] == metric]
-            block = _table_html(d[[c for c in cols if c in d.columns]], highlight="significant")
+            block = _table_html(d[cols], highlight="significant")
             if metric == "dice":
-                parts.append(f"<h3>{html.escape(str(metric))}</h3>{block}")
+                parts.append(f"<h3>{html.escape(readable_column(str(metric)))}</h3>{block}")
             else:
-                parts.append(f"<details><summary>{html.escape(str(metric))}</summary>{block}</details>")
+                parts.append(f"<details><summary>{html.escape(readable_column(str(metric)))}</summary>{block}</details>")
     else:
         parts.append(_table_html(disc))
 
-    parts.append("<h2>Generalisation gap (reported - measured Dice)</h2>" + _table_html(t["generalisation_gap"]))
+    for name, heading in _SECTIONS:
+        table = t.get(name)
+        if table is None:
+            continue
+        block = _table_html(table)
+        if name == "failure_modes" and len(table) > 30:
+            block = f"<details><summary>{len(table)} rows</summary>{block}</details>"
+        parts.append(f"<h2>{html.escape(heading)}</h2>{block}")
+
+    gap = t["generalisation_gap"]
+    if gap is not None and "reported_dice" in gap.columns and gap["reported_dice"].notna().any():
+        parts.append("<h2>Generalisation gap (reported - measured Dice)</h2>"
+                     + _table_html(gap[gap["reported_dice"].notna()]))
     parts.append("<h2>Sensitivity to the empty-mask policy</h2><p>Headline numbers with one-sided empty "
                  "rows (missed / false positive) scored as worst case versus excluded; delta = exclude - "
                  "worst.</p>")
@@ -402,22 +606,32 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
     else:
         parts.append(_table_html(sens))
 
-    fig_dir = run_dir / FIGURE_DIR
-    pngs = sorted(fig_dir.glob("*.png")) if fig_dir.is_dir() else []
-    pngs.sort(key=lambda p: (_FIGURE_ORDER.index(_figure_kind(p.stem)) if _figure_kind(p.stem) in _FIGURE_ORDER
-                             else len(_FIGURE_ORDER), p.stem))
     parts.append("<h2>Figures</h2>")
-    if not pngs:
+    figs = report_figures(run_dir)
+    if not figs:
         parts.append("<p>(no figures)</p>")
-    for p in pngs:
-        cap = _FIGURE_CAPTIONS.get(_figure_kind(p.stem), "")
-        parts.append(f"<figure id='{html.escape(p.stem)}'><img alt='{html.escape(p.stem)}' src='{_data_uri(p)}'>"
-                     f"<figcaption><b>{html.escape(p.stem)}</b>. {html.escape(cap)}</figcaption></figure>")
+    for stem, path in figs.items():
+        cap = _FIGURE_CAPTIONS.get(_figure_kind(stem), "")
+        parts.append(f"<figure id='{html.escape(stem)}'><img alt='{html.escape(stem)}' src='{_data_uri(path)}'>"
+                     f"<figcaption><b>{html.escape(stem)}</b>. {html.escape(cap)}</figcaption></figure>")
     if t["selected_cases"] is not None and not t["selected_cases"].empty:
         parts.append("<details><summary>cases shown in overlays</summary>" + _table_html(t["selected_cases"])
                      + "</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def report_figures(run_dir: str | Path) -> dict[str, Path]:
+    """``{stem: file}`` of every figure in ``run_dir/figures`` in report order, the SVG where there is one
+    (vector, and smaller than the 300-dpi PNG), else the PNG."""
+    fig_dir = Path(run_dir) / FIGURE_DIR
+    if not fig_dir.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(fig_dir.glob("*.png")) + sorted(fig_dir.glob("*.svg")):
+        found[path.stem] = path  # the SVG, listed last, wins
+    rank = {k: i for i, k in enumerate(_FIGURE_ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(_figure_kind(kv[0]), len(rank)), kv[0])))
 
 
 def write_report(run_dir: str | Path, title: str | None = None) -> Path:
