@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -16,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from umd_lightning.analysis.demo import demo_results
 from umd_lightning.analysis.discrepancy import discrepancy_table
@@ -108,24 +110,57 @@ def test_cli_writes_tables_for_all_models(cli_run):
 
 
 def test_cli_writes_the_figures(cli_run):
-    names = {p.stem for p in (cli_run["out"] / "figures").glob("*.png")}
+    fig_dir = cli_run["out"] / "figures"
+    names = {p.stem for p in fig_dir.glob("*.png")}
     expected = {f"{k}_{m}_dice" for k in ("slope", "heatmap", "forest") for m in ("mA", "mB")}
     expected |= {f"forest_{m}_hd95" for m in ("mA", "mB")} | {"reported_vs_measured"}
     expected |= {f"overlay_mA_{v}" for v in ("CT", "PET_CT", "MRI", "PET_MRI")}  # mB has no NIfTI paths
-    assert names == expected
-    for p in (cli_run["out"] / "figures").glob("*.png"):
+    assert expected <= names
+    for p in fig_dir.glob("*.png"):
         assert p.read_bytes()[:8] == PNG_MAGIC
+        with Image.open(p) as im:  # print resolution
+            assert im.info["dpi"] == pytest.approx((300, 300), abs=0.01), p.name
+    # every figure also as a vector SVG
+    assert {p.stem for p in fig_dir.glob("*.svg")} == names
+    svg = (fig_dir / "forest_mA_dice.svg").read_text()
+    assert "<svg" in svg and "<image" not in svg  # a plot of lines and text: no raster inside
+
+
+def test_forest_plots_of_one_metric_share_their_x_axis_across_models(cli_run):
+    from umd_lightning.analysis.figures import forest_limits, main_figures
+
+    out = cli_run["out"]
+    disc = pd.read_csv(out / "discrepancy.csv")
+    both = pd.concat([pd.read_csv(cli_run["a"]), pd.read_parquet(cli_run["b"])])
+    figs = main_figures(both, disc, pd.DataFrame(), ("dice",))
+    lims = [tuple(ax.get_xlim()) for m in ("mA", "mB") for ax in figs[f"forest_{m}_dice"].axes]
+    assert len(set(lims)) == 1  # every panel of both models' figures
+    vals = disc.loc[disc["metric"] == "dice", ["mean_diff", "ci_low", "ci_high"]].to_numpy(float)
+    lo, hi = np.nanmin(np.r_[vals.ravel(), 0.0]), np.nanmax(np.r_[vals.ravel(), 0.0])
+    assert lims[0] == pytest.approx((lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)))
+    assert forest_limits(disc, "dice") == pytest.approx(lims[0])
+    label = figs["forest_mA_dice"].axes[0].get_xlabel()
+    assert "worse on PET_CT" in label.split("\n")[1].split("    ")[0]  # Dice: left of zero is worse
+    hd = main_figures(both, disc, pd.DataFrame(), ("hd95",))["forest_mA_hd95"].axes[0].get_xlabel()
+    assert "worse on PET_CT" in hd.split("\n")[1].split("    ")[1]  # HD95: right of zero is worse
+
+
+def report_sections(text: str) -> list[str]:
+    return re.findall(r"<h2>([^<]+)</h2>", text)
 
 
 def test_report_is_self_contained_and_every_figure_resolves(cli_run):
     text = (cli_run["out"] / "report.html").read_text()
     srcs, links = img_srcs(text)
-    n_png = len(list((cli_run["out"] / "figures").glob("*.png")))
-    assert len(srcs) == n_png == 13
+    stems = {p.stem for p in (cli_run["out"] / "figures").glob("*.png")}
+    assert len(srcs) == len(stems) >= 13
     for src in srcs:
-        assert src.startswith("data:image/png;base64,"), src[:60]
-        raw = base64.b64decode(src.split(",", 1)[1], validate=True)
-        assert raw[:8] == PNG_MAGIC
+        kind, payload = src.split(",", 1)
+        raw = base64.b64decode(payload, validate=True)
+        if kind == "data:image/svg+xml;base64":  # the vector copy is embedded where there is one
+            assert b"<svg" in raw[:2000]
+            continue
+        assert kind == "data:image/png;base64" and raw[:8] == PNG_MAGIC
         arr = mpimg.imread(io.BytesIO(raw), format="png")
         assert arr.ndim == 3 and arr.shape[0] > 50 and arr.shape[1] > 50
         assert float(arr[..., :3].std()) > 0.01  # not a blank image
@@ -134,12 +169,47 @@ def test_report_is_self_contained_and_every_figure_resolves(cli_run):
     assert re.search(r"empty-mask policy</th><td>worst", text)
 
 
+def test_report_opens_with_the_headline_then_methods_and_caveats(cli_run):
+    text = (cli_run["out"] / "report.html").read_text()
+    sections = report_sections(text)
+    assert sections[:3] == ["Headline", "Methods", "Caveats"]
+    headline = text[text.index("<section id='headline'>"):text.index("</section>")]
+    disc = pd.read_csv(cli_run["out"] / "discrepancy.csv")
+    head_csv = cli_run["out"] / "headline.csv"
+    if head_csv.is_file():  # the stats' own sentence, first the Dice one
+        head = pd.read_csv(head_csv)
+        first = head.loc[head["metric"] == "dice", "sentence"].iloc[0]
+        assert html.escape(first) in headline
+    else:  # fallback: the organ-averaged Dice difference of the first model's CT -> PET_CT pair
+        d = disc[(disc["model"] == "mA") & (disc["metric"] == "dice") & (disc["pair_kind"] == "CT_vs_PET_CT")]
+        m = d["mean_diff"].mean()
+        assert html.escape(f"mA's Dice is {abs(m):.2f} {'lower' if m < 0 else 'higher'} than on CT") in headline
+    caveats = text[text.index("<section id='caveats'>"):]
+    caveats = caveats[:caveats.index("</section>")]
+    assert "6 subjects" in caveats or "n=6" in caveats or "n = 6" in caveats
+    assert "HD95" in caveats and "NSD" in caveats
+    assert "synthetic" not in caveats  # the demo tables come with no run manifest saying so
+    # readable headers, the raw name kept as a tooltip
+    assert "<th title='mean_diff'>Mean difference (compared - reference)</th>" in text
+    assert "<th title='p_holm'>p (Holm)</th>" in text
+
+
+def test_report_says_when_the_data_is_the_synthetic_cohort(cli_run, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(cli_run["out"], folder)
+    (folder / "run_manifest.json").write_text(json.dumps({"config": {"data": {"source": {"layout": "synthetic"}}}}))
+    text = write_report(folder).read_text()
+    caveats = text[text.index("<section id='caveats'>"):]
+    assert "synthetic cohort, not patient data" in caveats[:caveats.index("</section>")]
+
+
 def test_report_rerenders_with_figures_added_later(cli_run, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(cli_run["out"], folder)
+    n = len(img_srcs((folder / "report.html").read_text())[0])
     shutil.copy(folder / "figures" / "reported_vs_measured.png", folder / "figures" / "overlay_extra.png")
     text = write_report(folder).read_text()
-    assert len(img_srcs(text)[0]) == 14 and "overlay_extra" in text
+    assert len(img_srcs(text)[0]) == n + 1 and "overlay_extra" in text
 
 
 def _chromium() -> str | None:
@@ -165,7 +235,7 @@ def test_report_renders_in_headless_chromium_with_every_figure_loaded(cli_run, t
                          capture_output=True, text=True, timeout=120)
     m = re.search(r'data-loaded="(\d+)/(\d+)"', dom.stdout)
     assert m, f"probe did not run; chromium stderr tail: {dom.stderr[-500:]}"
-    assert m.group(1) == m.group(2) == "13"
+    assert m.group(1) == m.group(2) == str(len(list((cli_run["out"] / "figures").glob("*.png"))))
     shot = tmp_path / "shot.png"
     subprocess.run([*common, f"--screenshot={shot}", "--window-size=1200,3000",
                     (cli_run["out"] / "report.html").as_uri()], capture_output=True, timeout=120)
