@@ -64,20 +64,26 @@ def test_every_component_touching_the_reference_is_at_zero():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_farthest_component_matches_brute_force(seed):
+@pytest.mark.parametrize("specks", [0.02, 0.0004])  # dense noise; a few specks far apart (planes between them dropped)
+def test_farthest_component_and_suv_match_brute_force(seed, specks):
     rng = np.random.default_rng(seed)
-    ref, pred = _grid((16, 14, 12)), _grid((16, 14, 12))
-    ref[4:9, 3:8, 3:7] = 1
+    shape = (40, 30, 24)
+    ref, pred = _grid(shape), _grid(shape)
+    ref[14:21, 10:16, 8:14] = 1
     ref[ref == 1] = rng.random(int((ref == 1).sum())) < 0.8  # a ragged organ
-    pred[rng.random(pred.shape) < 0.02] = 1  # scattered specks
-    pred[5:8, 4:7, 4:6] = 1
+    pred[rng.random(shape) < specks] = 1
+    pred[15:19, 11:15, 9:12] = 1
+    pred[2, 2, 2] = pred[2, 2, 4] = pred[3, 3, 5] = 1  # 2 components: one empty plane apart, then a corner
+    suv = rng.uniform(0.5, 9.0, shape).astype(np.float32)
     comps, n = ndimage.label(pred == 1, structure=np.ones((3, 3, 3)))
     sp = np.asarray(SPACING)
     ref_pts = np.argwhere(ref == 1) * sp
     farthest = max(cdist(np.argwhere(comps == c) * sp, ref_pts).min() for c in range(1, n + 1))
-    cols = failure_columns(pred, ref, SPACING, LABELS)["liver"]
+    cols = failure_columns(pred, ref, SPACING, LABELS, suv=suv)["liver"]
     assert cols["n_components"] == n
     assert cols["farthest_component_mm"] == pytest.approx(farthest, abs=1e-9)
+    assert cols["suv_mean_pred"] == pytest.approx(suv[pred == 1].astype(np.float64).mean(), rel=1e-12)
+    assert cols["suv_mean_ref"] == pytest.approx(suv[ref == 1].astype(np.float64).mean(), rel=1e-12)
 
 
 def test_suv_means_of_constant_regions():

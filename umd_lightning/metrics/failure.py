@@ -51,38 +51,61 @@ def _suv_array(suv: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _masked_mean(values: np.ndarray | None, box: tuple[slice, ...] | None, mask: np.ndarray | None) -> float:
-    if values is None or box is None or mask is None or not mask.any():
-        return float("nan")
-    return float(values[box][mask].mean(dtype=np.float64))
+def _compact(mask: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    """``mask`` without the empty planes between its occupied ones (one kept per gap), and the global
+    index of every kept plane per axis (None: nothing dropped, ``mask`` itself).
+
+    Components, 26-neighbourhoods and 6-connected boundaries of the mask's voxels are the same on this
+    compact grid: planes that were neighbours still are, and planes a gap separated still have an empty
+    plane between them. A scattered prediction (specks far from the organ) has a bounding box of most of
+    the volume but a compact grid of little more than its voxels' planes, so it is labelled there.
+    """
+    keep = []
+    for axis in range(3):
+        occupied = mask.any(axis=tuple(a for a in range(3) if a != axis))
+        occupied[1:] = occupied[1:] | occupied[:-1]  # the first empty plane of each gap stays
+        keep.append(np.flatnonzero(occupied))
+    if all(len(k) == n for k, n in zip(keep, mask.shape)):
+        return mask, None
+    return mask[np.ix_(*keep)], tuple(k + s for k, s in zip(keep, start))
 
 
-def _farthest_component(
-    components: np.ndarray, n: int, p_start: np.ndarray, p_mask: np.ndarray,
-    r_start: np.ndarray, r_mask: np.ndarray, spacing: np.ndarray, workers: int,
-) -> float:
-    """Distance (mm) from the reference mask to the farthest of the ``n`` labelled components."""
-    lo = np.maximum(p_start, r_start)
-    hi = np.minimum(p_start + p_mask.shape, r_start + r_mask.shape)
+def _organ_columns(
+    p_arr: np.ndarray, p_box: tuple[slice, ...] | None, r_arr: np.ndarray, r_box: tuple[slice, ...] | None,
+    label_id: int, suv: np.ndarray | None, spacing: np.ndarray, workers: int,
+) -> tuple[int, float, float, float]:
+    """``n_components, farthest_component_mm, suv_mean_pred, suv_mean_ref`` of one organ."""
+    nan = float("nan")
+    r_mask = None if r_box is None else r_arr[r_box] == label_id
+    suv_ref = nan if suv is None or r_mask is None else float(suv[r_box][r_mask].mean(dtype=np.float64))
+    if p_box is None:
+        return 0, nan, nan, suv_ref
+    p_start = _start(p_box)
+    mask, planes = _compact(p_arr[p_box] == label_id, p_start)
+    grid = p_box if planes is None else np.ix_(*planes)  # the compact grid's voxels in whole-volume arrays
+    suv_pred = nan if suv is None else float(suv[grid][mask].mean(dtype=np.float64))
+    components, n = ndimage.label(mask, structure=_CONNECTIVITY)
+    if r_mask is None:
+        return int(n), nan, suv_pred, suv_ref
     touching = np.zeros(n + 1, dtype=bool)
-    if np.all(hi > lo):
-        in_p = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, p_start))
-        in_r = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(lo, hi, r_start))
-        touching[np.unique(components[in_p][r_mask[in_r]])] = True
+    touching[components[r_arr[grid] == label_id]] = True  # components with a voxel in the reference
     touching[0] = True  # background is no component
     if touching.all():
-        return 0.0
-    # Only the boundary voxels of components that do not overlap the reference are searched.
-    flat = np.flatnonzero(_boundary(p_mask))
+        return int(n), 0.0, suv_pred, suv_ref
+    # Only the boundary voxels of components apart from the reference are searched.
+    flat = np.flatnonzero(_boundary(mask))
     ids = components.ravel()[flat]
-    keep = ~touching[ids]
-    flat, ids = flat[keep], ids[keep]
-    points = np.stack(np.unravel_index(flat, p_mask.shape), axis=1) + p_start
-    ref_surface = _Surface(r_start, _boundary(r_mask))
-    dist = _nearest(points, ref_surface, spacing, "window", workers)
+    apart = ~touching[ids]
+    flat, ids = flat[apart], ids[apart]
+    local = np.unravel_index(flat, mask.shape)
+    if planes is None:
+        points = np.stack(local, axis=1) + p_start
+    else:
+        points = np.stack([axis_planes[i] for axis_planes, i in zip(planes, local)], axis=1)
+    dist = _nearest(points, _Surface(_start(r_box), _boundary(r_mask)), spacing, "kdtree", workers)
     nearest = np.full(n + 1, np.inf)
     np.minimum.at(nearest, ids, dist)
-    return float(nearest[~touching].max())
+    return int(n), float(nearest[~touching].max()), suv_pred, suv_ref
 
 
 def failure_columns(
@@ -129,27 +152,11 @@ def failure_columns(
     max_label = max(labels)
     p_boxes = ndimage.find_objects(p_arr, max_label=max_label)
     r_boxes = ndimage.find_objects(r_arr, max_label=max_label)
-    nan = float("nan")
-    out: dict[str, dict[str, float]] = {}
-    for label_id in sorted(labels):
-        p_box, r_box = p_boxes[label_id - 1], r_boxes[label_id - 1]
-        p_mask = None if p_box is None else p_arr[p_box] == label_id
-        r_mask = None if r_box is None else r_arr[r_box] == label_id
-        n, farthest = 0, nan
-        if p_mask is not None:
-            components, n = ndimage.label(p_mask, structure=_CONNECTIVITY)
-            if r_mask is not None:
-                farthest = _farthest_component(
-                    components, n, _start(p_box), p_mask, _start(r_box), r_mask, spacing_arr, workers
-                )
-            del components
-        out[labels[label_id]] = dict(
-            zip(
-                FAILURE_COLUMNS,
-                (int(n), farthest, _masked_mean(suv_arr, p_box, p_mask), _masked_mean(suv_arr, r_box, r_mask)),
-            )
-        )
-    return out
+    return {
+        labels[i]: dict(zip(FAILURE_COLUMNS, _organ_columns(
+            p_arr, p_boxes[i - 1], r_arr, r_boxes[i - 1], i, suv_arr, spacing_arr, workers)))
+        for i in sorted(labels)
+    }
 
 
 def _start(box: tuple[slice, ...]) -> np.ndarray:
