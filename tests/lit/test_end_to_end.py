@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from umd_lightning.lit.run import run
-from umd_lightning.results import read_results as read_results_table
+from umd_lightning.results import FAILURE_COLUMNS, read_results as read_results_table
 from umd_lightning.organs import UMD13, VIEWS
 
 pytestmark = pytest.mark.slow
@@ -43,4 +43,12 @@ def test_pretrain_then_zero_shot(compose_cfg, tmp_path):
     assert table.dice.dropna().between(0, 1).all() and table.hd95.dropna().ge(0).all()
     csv = pd.read_csv(tmp_path / "zs" / "results.csv")
     assert len(csv) == len(table)
+    # The failure-mode columns: components wherever something is predicted, SUV means on PET views only.
+    assert set(FAILURE_COLUMNS) <= set(csv.columns)
+    predicted = csv[csv.pred_voxels > 0]
+    assert (predicted.n_components >= 1).all() and (csv[csv.pred_voxels == 0].n_components == 0).all()
+    assert predicted[predicted.ref_voxels > 0].farthest_component_mm.ge(0).all()
+    pet = csv.view.isin(["PET_CT", "PET_MRI"])
+    assert csv[~pet][["suv_mean_pred", "suv_mean_ref"]].isna().all(axis=None)
+    assert csv[pet & (csv.ref_voxels > 0)].suv_mean_ref.gt(0).all()
     assert {p.name for p in (tmp_path / "zs" / "predictions").iterdir()} == {f"{c}.nii.gz" for c in set(table.case_id)}
