@@ -14,11 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 # Real TotalSegmentator test scans (wasserth/TotalSegmentator, tests/reference_files, Apache-2.0).
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 
-#: Overrides that shrink any experiment to a tiny cohort that runs in seconds on 2 cores.
-TINY_OVERRIDES = [
+#: Overrides that shrink the synthetic cohort (a dataset layout's source has no such keys).
+TINY_COHORT = [
     "data.source.n_subjects=3",
     "data.source.scale=3.0",
     "data.source.workers=1",
+]
+#: Overrides that shrink any experiment to a tiny cohort that runs in seconds on 2 cores.
+TINY_OVERRIDES = [
+    *TINY_COHORT,
     "data.splits.n_test=1",
     "data.patch_size=[32,32,32]",
     "data.batch_size=2",
@@ -27,6 +31,12 @@ TINY_OVERRIDES = [
     "model.target_spacing=[9.0,9.0,12.0]",
     "logger=csv",
 ]
+
+
+def tiny_overrides(*overrides: str) -> list[str]:
+    """:data:`TINY_OVERRIDES` for a job given ``overrides``: the cohort's keys unless it reads a dataset layout."""
+    layout = any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
+    return [o for o in TINY_OVERRIDES if not (layout and o in TINY_COHORT)]
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +76,7 @@ def compose_cfg(cache_dir, tmp_path):
                 overrides=[
                     f"paths.output_dir={tmp_path / 'run'}",
                     f"paths.cache_dir={cache_dir}",
-                    *(TINY_OVERRIDES if tiny else []),
+                    *(tiny_overrides(*overrides) if tiny else []),
                     *overrides,
                 ],
             )

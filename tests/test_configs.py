@@ -10,10 +10,12 @@ from pathlib import Path
 import lightning as L
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from umd_lightning.config import config_dir
+from umd_lightning.config import config_dir, missing_values
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+DATA_CONFIGS = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
 
 
 def test_experiments_are_found():
@@ -35,6 +37,29 @@ def test_every_experiment_composes_and_instantiates(compose_cfg, experiment):
     if cfg.train:
         module.trainer = trainer
         assert module.configure_optimizers() is not None
+
+
+@pytest.mark.parametrize("data", DATA_CONFIGS)
+def test_data_configs_share_one_base_and_hold_only_their_source(compose_cfg, data):
+    """Every data config is the shared datamodule base plus its source: a layout carries no synthetic key,
+    and the one value left to the user is data.root, named as such (not the key that refers to it)."""
+    base = OmegaConf.load(config_dir() / "data" / "base" / "datamodule.yaml")
+    cfg = compose_cfg(f"data={data}", tiny=False)
+    assert cfg.data._target_ == "umd_lightning.data.datamodule.UMDDataModule" and cfg.data._convert_ == "all"
+    assert set(base) <= set(cfg.data)
+    if data == "synthetic":
+        assert set(cfg.data.source) == {"layout", "n_subjects", "seed", "scale", "workers"}
+        assert missing_values(cfg) == []
+    else:
+        assert cfg.data.source.layout == data and set(cfg.data.source) <= {"layout", "options"}
+        assert set(cfg.data) - set(base) == {"root", "source"}
+        assert missing_values(cfg) == ["data.root"]
+
+
+def test_layouts_do_not_import_the_datamodule():
+    probe = "import sys, umd_lightning.data.layouts; print('umd_lightning.data.datamodule' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_shipped_reference_checkpoint_loads(compose_cfg):

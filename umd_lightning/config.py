@@ -57,8 +57,26 @@ def apply_per_model(cfg: DictConfig) -> dict[str, Any]:
 
 
 def missing_values(cfg: DictConfig) -> list[str]:
-    """Mandatory values (``???``) the config still lacks, as dotted keys (Hydra's own settings aside)."""
-    return sorted(k for k in map(str, OmegaConf.missing_keys(cfg)) if not k.startswith("hydra."))
+    """Mandatory values (``???``) the config still lacks, as dotted keys (Hydra's own settings aside).
+
+    Interpolations are not resolved (``OmegaConf.missing_keys`` raises on one that points at a missing
+    value): the key the user sets (``data.root``) is named, not the internal one that refers to it.
+    """
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        keys = range(len(node)) if OmegaConf.is_list(node) else node.keys()
+        for key in keys:
+            dotted = f"{prefix}{key}" if OmegaConf.is_dict(node) else f"{prefix.rstrip('.')}[{key}]"
+            if OmegaConf.is_missing(node, key):
+                found.append(dotted)
+                continue
+            child = node._get_node(key)
+            if OmegaConf.is_config(child) and not OmegaConf.is_interpolation(node, key):
+                walk(child, dotted + ".")
+
+    walk(cfg, "")
+    return sorted(k for k in found if not k.startswith("hydra."))
 
 
 def register_resolvers() -> None:

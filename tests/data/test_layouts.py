@@ -364,7 +364,7 @@ def test_layout_configs_build_the_datamodule(layout, compose_cfg, cohort, tiny_c
         root = Path(tiny_cohort)
     cfg = compose_cfg(f"data={layout}", f"data.root={root}", *extra, tiny=False)
     assert cfg.data.splits.n_test == "all"  # external data: every subject is evaluated
-    assert cfg.data.intensity.ct_window == [-1000.0, 1000.0]  # datamodule settings inherited from synthetic.yaml
+    assert cfg.data.intensity.ct_window == [-1000.0, 1000.0]  # datamodule settings from base/datamodule.yaml
     dm = instantiate(cfg.data)
     assert isinstance(dm, UMDDataModule)
     dm.setup("test")

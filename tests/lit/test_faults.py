@@ -26,7 +26,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, tiny_overrides
 
 from umd_lightning.config import config_dir
 from umd_lightning.lit.folder import FINGERPRINT_FILE, RunFolderError
@@ -57,14 +57,14 @@ def compose_job(out: Path, cache_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=[f"paths.output_dir={out}", f"paths.cache_dir={cache_dir}", *TINY_OVERRIDES, *JOB, *overrides],
+            overrides=[f"paths.output_dir={out}", f"paths.cache_dir={cache_dir}", *tiny_overrides(*overrides), *JOB, *overrides],
         )
     GlobalHydra.instance().clear()
     return cfg
 
 
 def job_command(point: str, run_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(FAULT_RUN), point, *TINY_OVERRIDES, *JOB, f"paths.cache_dir={cache_dir}",
+    return [sys.executable, str(FAULT_RUN), point, *tiny_overrides(*overrides), *JOB, f"paths.cache_dir={cache_dir}",
             f"hydra.run.dir={run_dir}", *overrides]
 
 

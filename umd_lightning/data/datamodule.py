@@ -12,7 +12,7 @@ from monai.transforms import Compose
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import DistributedSampler
 
-from umd_lightning.data.manifest import Manifest, Problem, ScanRecord, read_manifest, validate_manifest
+from umd_lightning.data.manifest import Manifest, ManifestError, Problem, ScanRecord, read_manifest, validate_manifest
 from umd_lightning.data.splits import few_shot, split_subjects, write_split_file
 from umd_lightning.data.transforms import eval_transforms, paired_load_transforms, paired_patch_transforms
 from umd_lightning.organs import ANATOMICAL_VIEWS, SESSION_VIEWS, VIEWS, anatomical_view, check_view, get_organ_set, pet_view
@@ -53,6 +53,9 @@ class UMDDataModule(L.LightningDataModule):
 
     Args:
         source: where the manifest comes from (see :func:`load_source`).
+        root: a dataset layout's folder (or manifest file), the user-facing ``data.root`` of
+            ``conf/data/<layout>.yaml``; ``source.root`` defaults to it. Checked here, so that a
+            missing folder stops the run before anything else.
         organ_set: organ set name or ``{id: name}``.
         cache_dir: where generated cohorts and caches live.
         splits: ``n_test`` (count, fraction, or ``"all"``), ``n_val``, ``seed``; a manifest ``split``
@@ -77,11 +80,15 @@ class UMDDataModule(L.LightningDataModule):
         validate: check every file of the manifest before anything runs.
         pet_units: ``stop``: a PET whose values look like Bq/ml rather than SUV stops the run with one
             line naming the file (as ``check`` detects it); ``ignore``: not checked.
+
+    Raises:
+        ManifestError: a dataset layout's root does not exist.
     """
 
     def __init__(
         self,
         source: Mapping[str, Any],
+        root: str | Path | None = None,
         organ_set: str | Mapping[int, str] = "umd13",
         cache_dir: str = ".cache/umd_lightning",
         splits: Mapping[str, Any] | None = None,
@@ -101,6 +108,13 @@ class UMDDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.source = dict(source)
+        layout = self.source.get("layout", "synthetic")
+        if layout != "synthetic":
+            if root is not None:
+                self.source.setdefault("root", str(root))
+            folder = self.source.get("root") or self.source.get("path")
+            if folder is None or str(folder) in ("", "???") or not Path(str(folder)).expanduser().exists():
+                raise ManifestError(f"data.root: {folder} does not exist (set data.root=DIR for layout {layout})")
         self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
         self.cache_dir = Path(cache_dir).expanduser()
         self.split_cfg = dict(splits or {})

@@ -24,7 +24,8 @@ affine; the manifest then points at the converted files. A cached file is reused
 
 Modules, one concern each: ``labels`` (label conversion into the cache), ``records`` (what every reader
 shares), one module per layout (``nnunet``, ``autopet``, ``pattern``, ``manifest_file``), and ``registry``
-(:data:`LAYOUTS`, :func:`load_layout`, and the Hydra target :func:`layout_datamodule`).
+(:data:`LAYOUTS`, :func:`load_layout`). The layout configs target the datamodule itself, which calls
+:func:`load_layout`; this package never imports the datamodule.
 """
 
 from umd_lightning.data.layouts.autopet import read_autopet
@@ -33,7 +34,7 @@ from umd_lightning.data.layouts.manifest_file import read_manifest_layout
 from umd_lightning.data.layouts.nnunet import ChannelRole, channel_role, read_nnunet
 from umd_lightning.data.layouts.pattern import read_pattern
 from umd_lightning.data.layouts.records import DEFAULT_SESSION_NAMES, DEFAULT_VIEW_NAMES
-from umd_lightning.data.layouts.registry import LAYOUTS, layout_datamodule, load_layout
+from umd_lightning.data.layouts.registry import LAYOUTS, load_layout
 
 __all__ = [
     "ChannelRole",
@@ -44,7 +45,6 @@ __all__ = [
     "LabelMapOption",
     "channel_role",
     "default_cache_dir",
-    "layout_datamodule",
     "load_layout",
     "map_label_file",
     "read_autopet",

@@ -1,10 +1,10 @@
-"""The layouts by name, and :func:`load_layout`, the one entry point."""
+"""The layouts by name, and :func:`load_layout`, the one entry point (the datamodule and ``check`` call it)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from umd_lightning.data.layouts.autopet import read_autopet
 from umd_lightning.data.layouts.manifest_file import read_manifest_layout
@@ -64,29 +64,3 @@ def load_layout(name: str, root: str | Path, **options: Any) -> Manifest:
             ) from None
         raise
 
-
-def layout_datamodule(root: str | Path | None = None, source: Mapping[str, Any] | None = None, **kwargs: Any):
-    """Hydra target of ``conf/data/<layout>.yaml``: a :class:`~umd_lightning.data.datamodule.UMDDataModule`
-    over a dataset folder.
-
-    The layout configs inherit the datamodule settings from ``synthetic.yaml``, so ``source`` may still carry
-    the synthetic cohort's keys; only ``layout``, ``root`` and ``options`` are kept. ``root`` is the
-    user-facing ``data.root`` that ``source.root`` interpolates; it is checked here so that a missing folder
-    fails before anything else runs.
-
-    Raises:
-        ManifestError: ``root`` is unset or not an existing file or folder.
-    """
-    from umd_lightning.data.datamodule import UMDDataModule
-
-    src = dict(_plain(source) or {})
-    layout = src.get("layout")
-    if layout is None or layout == "synthetic":
-        raise ManifestError("layout_datamodule: source.layout must name a dataset layout, not the synthetic cohort")
-    folder = src.get("root", root) if layout != "manifest" else src.get("path", root)
-    if folder is None or str(folder) in ("", "???") or not Path(str(folder)).expanduser().exists():
-        raise ManifestError(f"data.root: {folder} does not exist (set data.root=DIR for layout {layout})")
-    keep = {"layout": layout, "root": str(folder), "options": _plain(src.get("options") or {})}
-    if layout == "manifest":
-        keep["path"] = str(folder)
-    return UMDDataModule(source=keep, **kwargs)
