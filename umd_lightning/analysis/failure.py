@@ -145,7 +145,7 @@ def dice_volume_figure(modes: pd.DataFrame, model: str) -> Figure | None:
     d = modes[(modes["model"] == model) & (modes["ref_volume_ml"] > 0) & modes["dice"].notna()]
     if d.empty:
         return None
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
     ax = fig.subplots()
     for view in _views(d):
         for mode, marker in _MARKERS.items():
@@ -163,9 +163,9 @@ def dice_volume_figure(modes: pd.DataFrame, model: str) -> Figure | None:
     view_handles = [ax.scatter([], [], color=VIEW_COLOR.get(v, "0.3"), marker="o", label=v) for v in _views(d)]
     mode_handles = [ax.scatter([], [], color="0.3", marker=_MARKERS[m], label=m.replace("_", " "))
                     for m in _MARKERS if (d["failure_mode"] == m).any()]
-    first = ax.legend(handles=view_handles, title="view", fontsize=7, title_fontsize=7, loc="lower right")
-    ax.add_artist(first)
-    ax.legend(handles=mode_handles, title="failure mode", fontsize=7, title_fontsize=7, loc="lower left")
+    # outside the axes: the failures crowd the bottom of the plot
+    fig.legend(handles=view_handles, title="view", fontsize=7, title_fontsize=7, loc="outside right upper")
+    fig.legend(handles=mode_handles, title="failure mode", fontsize=7, title_fontsize=7, loc="outside right lower")
     return fig
 
 
@@ -208,7 +208,7 @@ def bland_altman_figure(df: pd.DataFrame, agreement: pd.DataFrame, model: str, n
         ax.set_xlabel("mean of both (ml)", fontsize=8)
     handles = [axes[0, 0].plot([], [], color=VIEW_COLOR.get(v, "0.3"), marker="o", lw=1.2, label=v)[0] for v in views]
     handles.append(axes[0, 0].plot([], [], color="0.4", ls="--", lw=0.8, label="limits of agreement")[0])
-    fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle(f"{model}: volume agreement (Bland-Altman; solid: bias, dashed: 95% limits)", fontsize=10)
     return fig
 
