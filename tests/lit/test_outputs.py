@@ -3,6 +3,7 @@ wandb logging (an offline WandbLogger whose files we read)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -51,26 +52,64 @@ def media(run: Path, kind: str, key: str) -> list[Path]:
     return sorted(folder.glob(f"{Path(key).name}_*"))
 
 
+def wandb_records(path: Path):
+    """The protobuf records of an offline run's ``run-*.wandb`` file (a LevelDB-style log: 32 KiB blocks of
+    chunks with a 7-byte header each: CRC, length, type 1 full / 2 first / 3 middle / 4 last)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, chunks = 7, 32768, []
+    while pos + 7 <= len(data):
+        room = block - pos % block
+        if room < 7:  # block trailer: padding
+            pos += room
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        chunks.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(b"".join(chunks))
+            chunks = []
+            yield rec
+
+
+def summary_values(run: Path) -> dict[str, object]:
+    """The run's final summary: ``{key: value}`` from its summary records (later updates win)."""
+    out: dict[str, object] = {}
+    for rec in wandb_records(next(run.glob("run-*.wandb"))):
+        if rec.WhichOneof("record_type") == "summary":
+            for item in rec.summary.update:
+                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out
+
+
 def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
+    import hashlib
+
     import wandb
     from lightning.pytorch.loggers import WandbLogger
+
+    from umd_lightning.lit.outputs import write_table
 
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="umd-test", name="zero_shot_pet")
     df, meta = results(tmp_path)
     run_dir = tmp_path / "run"
     try:
-        RunAnalysis(n_boot=200, seed=1, metrics=["dice", "hd95"])(df, meta, run_dir, [logger])
+        write_table(df, meta, run_dir, [logger])
+        RunAnalysis(n_boot=200, seed=1, metrics=["dice", "hd95"], dpi=40)(df, meta, run_dir, [logger])
     finally:
         wandb.finish()
 
-    # run folder: tables, figures (overlays included) and a report holding every figure
+    # run folder: tables, figures (overlays included, PNG and SVG) and a report holding every figure
     disc = pd.read_csv(run_dir / "discrepancy.csv")
     assert set(disc["pair_kind"]) == {"CT_vs_PET_CT", "MRI_vs_PET_MRI", "CT_vs_MRI", "PET_CT_vs_PET_MRI"}
     assert (run_dir / "view_summary.csv").is_file() and (run_dir / "sensitivity.csv").is_file()
     pngs = {p.stem for p in (run_dir / "figures").glob("*.png")}
-    assert {"slope_tiny_dice", "heatmap_tiny_dice", "forest_tiny_dice", "forest_tiny_hd95",
-            "reported_vs_measured"} <= pngs
+    assert {"slope_tiny_dice", "heatmap_tiny_dice", "forest_tiny_dice", "forest_tiny_hd95"} <= pngs
     assert {f"overlay_tiny_{v}" for v in ("CT", "PET_CT", "MRI", "PET_MRI")} <= pngs
+    assert {p.stem for p in (run_dir / "figures").glob("*.svg")} == pngs
     html = (run_dir / "report.html").read_text()
     assert html.count("<img ") == len(pngs) and "overlay_tiny_PET_CT" in html
 
@@ -92,10 +131,64 @@ def test_offline_wandb_run_holds_results_discrepancy_and_figures(tmp_path):
     np.testing.assert_allclose([r[col] for r in logged["data"]], disc["mean_diff"], rtol=1e-6)
     for name in ("view_summary", "generalisation_gap", "sensitivity"):
         assert len(media(run, "table", f"analysis/{name}")) == 1, name
+    if (run_dir / "ranking.csv").is_file():  # the models' ranking, as a table
+        assert len(media(run, "table", "analysis/ranking")) == 1
     for name in pngs:
         imgs = media(run, "images", f"analysis/figures/{name}")
         assert len(imgs) == 1, name
         assert imgs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # HD95 and NSD scalars beside Dice: per view x organ and per view, the table's means
+    summary = summary_values(run)
+    ok = df[df["status"] != "failed"]
+    for metric in ("dice", "hd95", "nsd"):
+        for (view, organ), v in ok.groupby(["view", "organ"])[metric].mean().items():
+            assert summary[f"test/{metric}/{view}/{organ}"] == pytest.approx(v), (metric, view, organ)
+        for view, v in ok.groupby("view")[metric].mean().items():
+            assert summary[f"test/{metric}/{view}/mean"] == pytest.approx(v)
+    # the headline differences with their CIs, where the stats wrote a headline table
+    if (run_dir / "headline.csv").is_file():
+        head = pd.read_csv(run_dir / "headline.csv")
+        row = head.iloc[0]
+        key = f"headline/{row['model']}/{row['pair_kind']}/{row['metric']}"
+        for stat in ("mean_diff", "ci_low", "ci_high"):
+            assert summary[f"{key}/{stat}"] == pytest.approx(row[stat])
+
+    # overlays as images with prediction and reference masks, one per distinct case of the view
+    sel = pd.read_csv(run_dir / "selected_cases.csv")
+    for view in ("CT", "PET_CT", "MRI", "PET_MRI"):
+        key = f"analysis/overlays/tiny/{view}"  # the summary holds an image list's fields as sub-keys
+        assert summary[f"{key}/count"] == sel.loc[sel["view"] == view, "case_id"].nunique()
+        for masks in summary[f"{key}/all_masks"]:
+            assert set(masks) == {"prediction", "ground_truth"}
+            for m in masks.values():
+                assert (run / "files" / m["path"]).is_file()
+    # the reference mask is the label's axial plane through the case's worst organ
+    from umd_lightning.analysis.overlay import load_case_planes, worst_organs
+
+    case = worst_organs(df, sel[sel["view"] == "CT"]).iloc[0]
+    planes = load_case_planes(case["image"], case["label"], case["prediction"], focus=int(case["worst_label"]))
+    mask = plt_imread(run / "files" / summary["analysis/overlays/tiny/CT/all_masks"][0]["ground_truth"]["path"])
+    ids = np.round(mask * 255).astype(int) if mask.dtype.kind == "f" else mask.astype(int)
+    expected = planes.label["axial"].T[::-1, ::-1]  # display() then top row first
+    assert ids.shape == expected.shape
+    np.testing.assert_array_equal(ids, expected)
+    assert (expected == case["worst_label"]).any()
+
+    # report.html as an artifact of type report whose file is the run folder's report
+    arts = [r.artifact for r in wandb_records(next(run.glob("run-*.wandb"))) if r.WhichOneof("record_type") == "artifact"]
+    report_arts = [a for a in arts if a.type == "report"]
+    assert len(report_arts) == 1
+    entry = report_arts[0].manifest.contents[0]
+    assert entry.path == "report.html"
+    md5 = base64.b64encode(hashlib.md5((run_dir / "report.html").read_bytes()).digest()).decode()
+    assert entry.digest == md5
+
+
+def plt_imread(path: Path) -> np.ndarray:
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(path)
 
 
 def test_analysis_without_wandb_and_with_unreadable_overlay_files(tmp_path, caplog):

@@ -69,14 +69,23 @@ def save_figure(fig: Figure, stem: str | Path, dpi: int = FIGURE_DPI,
     """Write ``fig`` as ``<stem>.<fmt>`` for each format (``png``, ``svg``); returns ``{fmt: path}``."""
     stem = Path(stem)
     out = {}
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
-        if fmt == "png":
-            path.write_bytes(to_png(fig, dpi))
-        else:
-            # images inside an SVG are embedded at the figure's dpi: 150 keeps overlays sharp at half the bytes
-            fig.savefig(path, format=fmt, dpi=min(dpi, 150), metadata={"Date": None})
-        out[fmt] = path
+    engine = fig.get_layout_engine()
+    try:
+        for k, fmt in enumerate(formats):
+            path = stem.with_suffix(f".{fmt}")
+            if fmt == "png":
+                path.write_bytes(to_png(fig, dpi))
+            else:
+                # images inside an SVG are embedded at the figure's dpi: 150 keeps overlays sharp at half the bytes
+                fig.savefig(path, format=fmt, dpi=min(dpi, 150), metadata={"Date": None})
+            out[fmt] = path
+            if k == 0 and engine is not None:
+                # positions are in figure fractions and fonts in points: the first render's layout holds
+                # for the others, so it is not solved again (it costs as much as drawing)
+                fig.set_layout_engine("none")
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
     return out
 
 

@@ -9,6 +9,7 @@ left to score, and a re-run of a run folder must still end with its table and an
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -69,15 +70,35 @@ def build_table(
     return sort_results(table_from_rows(rows), organ_set.organs, VIEWS), problems
 
 
-def view_means(table: pd.DataFrame) -> dict[str, float]:
-    """Mean Dice per view and per view x organ, as logger names ``test/dice/<view>/<organ|mean>``."""
+def view_means(table: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
+    """Mean of each metric per view and per view x organ, as logger names ``test/<metric>/<view>/<organ|mean>``.
+
+    Metrics the table lacks are left out; ``mean`` is over the view's rows (as the summary prints it).
+    """
     ok = table[table["status"] != "failed"]
-    out = {
-        f"test/dice/{view}/{organ}": float(v)
-        for (view, organ), v in ok.groupby(["view", "organ"], sort=False)["dice"].mean().items()
-        if pd.notna(v)
-    }
-    out.update({f"test/dice/{view}/mean": float(v) for view, v in ok.groupby("view")["dice"].mean().items() if pd.notna(v)})
+    out: dict[str, float] = {}
+    for metric in [m for m in metrics if m in ok.columns]:
+        per_organ = ok.groupby(["view", "organ"], sort=False)[metric].mean()
+        out.update({f"test/{metric}/{view}/{organ}": float(v) for (view, organ), v in per_organ.items() if pd.notna(v)})
+        out.update({f"test/{metric}/{view}/mean": float(v)
+                    for view, v in ok.groupby("view")[metric].mean().items() if pd.notna(v)})
+    return out
+
+
+def headline_scalars(headline: pd.DataFrame | None, prefix: str = "headline") -> dict[str, float]:
+    """The headline differences and their CIs as scalars ``<prefix>/<model>/<pair_kind>/<metric>/<stat>``.
+
+    ``stat`` is ``mean_diff``, ``ci_low``, ``ci_high`` (and ``k_worse``, ``n_worse_of`` where given).
+    """
+    out: dict[str, float] = {}
+    if headline is None or headline.empty:
+        return out
+    stats = [c for c in ("mean_diff", "ci_low", "ci_high", "k_worse", "n_worse_of") if c in headline.columns]
+    for _, row in headline.iterrows():
+        for stat in stats:
+            v = pd.to_numeric(row[stat], errors="coerce")
+            if pd.notna(v):
+                out[f"{prefix}/{row['model']}/{row['pair_kind']}/{row['metric']}/{stat}"] = float(v)
     return out
 
 
@@ -141,6 +162,66 @@ def log_tables_and_images(
     return len(found)
 
 
+def log_report_artifact(loggers: Sequence[Any], report: Path | None, name: str = "report") -> int:
+    """Attach ``report.html`` to every wandb run as an artifact of type ``report``; returns how many."""
+    found = wandb_loggers(loggers)
+    if report is None or not Path(report).is_file() or not found:
+        return 0
+    import wandb
+
+    for lg in found:
+        art = wandb.Artifact(f"{name}-{lg.experiment.id}", type="report",
+                             description="self-contained discrepancy report of the run")
+        art.add_file(str(report), name=Path(report).name)
+        lg.experiment.log_artifact(art)
+    return len(found)
+
+
+def mask_image(case: Any, organ_names: Mapping[int, str], plane: str = "axial") -> Any:
+    """A ``wandb.Image`` of one overlay case: the plane's image with the predicted and reference
+    label maps as masks (class labels = organ names), top row first as wandb draws it."""
+    import wandb
+
+    from umd_lightning.analysis.overlay import display, image_window
+
+    planes = case.planes
+    lo, hi = image_window(planes, pet=case.view.startswith("PET"))
+    img = display(planes.image[plane])[::-1]  # display() is bottom-up; an image array is top-down
+    grey = np.clip((np.nan_to_num(img, nan=lo) - lo) / (hi - lo), 0, 1)
+    labels = {0: "background", **{int(i): str(n) for i, n in organ_names.items()}}
+    masks = {
+        "prediction": {"mask_data": np.ascontiguousarray(display(planes.prediction[plane])[::-1]).astype(np.uint8),
+                       "class_labels": labels},
+        "ground_truth": {"mask_data": np.ascontiguousarray(display(planes.label[plane])[::-1]).astype(np.uint8),
+                         "class_labels": labels},
+    }
+    return wandb.Image((grey * 255).astype(np.uint8), masks=masks, caption=case.caption.replace("\n", " "))
+
+
+def log_overlay_masks(loggers: Sequence[Any], cases: Mapping[tuple[str, str], Sequence[Any]],
+                      organ_names: Mapping[int, str], prefix: str = "analysis", step: int = 0) -> int:
+    """Log each overlay case's axial plane as a wandb.Image with prediction / reference masks, one list
+    per model x view under ``<prefix>/overlays/<model>/<view>``; returns the number of wandb runs."""
+    found = wandb_loggers(loggers)
+    for lg in found:
+        images = {f"{prefix}/overlays/{model}/{view}": [mask_image(c, organ_names) for c in group]
+                  for (model, view), group in cases.items() if group}
+        if images:
+            lg.log_metrics(images, step=step)
+    return len(found)
+
+
+def _overlay_worker() -> Any:
+    """One worker process for the overlays. Forked where the platform can: the figures need no import
+    (a spawned interpreter spends seconds importing matplotlib, scipy and pandas again) and the child
+    runs numpy / matplotlib only, never torch, CUDA or wandb."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context(method))
+
+
 class RunAnalysis:
     """The discrepancy analysis of a run's results table: tables, figures, overlays and ``report.html``
     into the run folder, and the same tables and figures on every wandb logger.
@@ -160,6 +241,7 @@ class RunAnalysis:
         log_results_table: log the results table itself to wandb (``<prefix>/results``).
         wandb_prefix: key prefix in wandb.
         max_table_rows: cap on rows per wandb table.
+        dpi: resolution of the PNG of each figure (an SVG is written beside it).
     """
 
     def __init__(
@@ -175,6 +257,7 @@ class RunAnalysis:
         log_results_table: bool = True,
         wandb_prefix: str = "analysis",
         max_table_rows: int | None = 200_000,
+        dpi: int = 300,
     ) -> None:
         if int(n_boot) < 1:
             raise ValueError(f"analysis: n_boot must be >= 1, got {n_boot}")
@@ -189,23 +272,54 @@ class RunAnalysis:
         self.log_results_table = bool(log_results_table)
         self.wandb_prefix = wandb_prefix
         self.max_table_rows = max_table_rows
+        self.dpi = int(dpi)
 
     def __call__(
         self, table: pd.DataFrame, meta: Mapping[str, Any], out_dir: str | Path, loggers: Sequence[Any] = ()
     ) -> dict[str, Any]:
-        """Analyse ``table`` into ``out_dir`` and log it; returns :func:`write_analysis`'s paths."""
-        from umd_lightning.analysis.report import analyze, write_analysis
+        """Analyse ``table`` into ``out_dir`` and log it; returns :func:`write_analysis`'s paths.
 
-        analysis = analyze(
-            table, dict(meta), metrics=self.metrics, n_boot=self.n_boot, seed=self.seed, level=self.level,
-            alpha=self.alpha, figures=self.figures, overlays=self.overlays,
-        )
+        The overlays (reading NIfTI files, drawing, 300-dpi PNG and SVG) are made in a worker process
+        while this one computes the tables and the other figures: on 2 cores the analysis then costs
+        about what the slower of the two costs.
+        """
+        from umd_lightning.analysis.discrepancy import select_cases
+        from umd_lightning.analysis.overlay import render_overlays
+        from umd_lightning.analysis.report import FIGURE_DIR, META_FILE, analyze, organ_names, write_analysis, write_report
+
+        out_dir = Path(out_dir)
+        names = organ_names(meta, table)
+        pool = future = None
+        if self.overlays:
+            pool = _overlay_worker()
+            future = pool.submit(render_overlays, select_cases(table, "dice"), names, table, out_dir / FIGURE_DIR,
+                                 dpi=self.dpi)
+        try:
+            analysis = analyze(
+                table, dict(meta), metrics=self.metrics, n_boot=self.n_boot, seed=self.seed, level=self.level,
+                alpha=self.alpha, figures=self.figures, overlays=False,
+            )
+            written = write_analysis(analysis, out_dir, write_report_html=False, dpi=self.dpi)
+            cases: dict = {}
+            if future is not None:
+                overlays, skipped, cases = future.result()
+                written["figures"].update({name: files["png"] for name, files in overlays.items()})
+                analysis.notes += [f"overlay skipped: {s}" for s in skipped]
+                (out_dir / META_FILE).write_text(json.dumps(analysis.meta, indent=2, default=str))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        written["report"] = write_report(out_dir) if self.write_report else None
         for note in analysis.notes:
             log.warning("analysis: %s", note)
-        written = write_analysis(analysis, out_dir, write_report_html=self.write_report)
         tables = {"results": table} if self.log_results_table else {}
         tables.update(analysis.tables())
         log_tables_and_images(loggers, tables, written["figures"], self.wandb_prefix, self.max_table_rows)
+        headline = analysis.tables().get("headline")
+        if headline is not None:
+            log_scalars(wandb_loggers(loggers), headline_scalars(headline))
+        log_overlay_masks(loggers, cases, names, self.wandb_prefix)
+        log_report_artifact(loggers, written["report"])
         log.info("discrepancy analysis written to %s", out_dir)
         return written
 
