@@ -6,8 +6,8 @@
 - SRC a NIfTI label map in another vocabulary (e.g. a TotalSegmentator output) with ``--label-map total``:
   OUT is the label map on the organ set (same grid and affine).
 
-Exit status: 0 when everything converted, 1 when any series failed (the others are still written), 2 on
-bad arguments or an unreadable SRC.
+Exit status: 0 when everything converted, 1 when a series failed but others converted (they are written), 2 on
+bad arguments, an unreadable SRC or OUT, or when no series converted. Each failure is one line naming the file.
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         err.print(f"[red]failed:[/red] {r.message}")
+    if failed and not any(r.status == "ok" for r in results):
+        return 2  # nothing usable came out of SRC
     return 1 if failed else 0
 
 

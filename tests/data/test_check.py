@@ -110,6 +110,18 @@ def test_unreadable_dataset_exits_2(tmp_path, capsys):
     assert main(["--layout", "nnunet"]) == 2
 
 
+def test_check_names_a_symlink_loop_or_a_file_given_as_the_root(folder, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert main(["--layout", "pattern", "--root", str(loop), "--option", "images={subject}/{session}/{view}.nii.gz"]) == 2
+    err = capsys.readouterr().err
+    assert f"{loop}: is a symbolic link loop" in err.replace("\n", "") and "Traceback" not in err
+    assert main(["--layout", "nnunet", "--root", str(folder / "s1" / "petct" / "ct.nii.gz")]) == 2
+    assert "ct.nii.gz: is a file, not a nnU-Net dataset folder" in capsys.readouterr().err.replace("\n", "")
+    assert main(["--manifest", str(folder)]) == 2
+    assert f"{folder}: is a folder, not a manifest file" in capsys.readouterr().err.replace("\n", "")
+
+
 def test_parse_option():
     assert parse_option("label_map=total") == ("label_map", "total")
     assert parse_option("channel_views={0: CT, 1: skip}") == ("channel_views", {0: "CT", 1: "skip"})

@@ -3,6 +3,7 @@ errors that name the missing tag, real files shipped with pydicom, DICOM SEG thr
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import random
 import re
@@ -16,7 +17,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from umd_lightning import convert as convert_cli
@@ -479,4 +482,90 @@ def test_convert_cli_module_entry(tmp_path):
         [sys.executable, "-m", "umd_lightning.convert", str(tmp_path / "nope"), str(tmp_path / "o2")],
         capture_output=True, text=True, timeout=120,
     )
-    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    assert missing.returncode == 2 and "file or folder not found" in missing.stderr
+
+
+# --------------------------------------------------------------------------- malformed values
+
+
+def set_raw(path: Path, keyword: str, text: str, item: str | None = None) -> None:
+    """Store ``text`` as the raw bytes of ``keyword`` (in the first item of the sequence ``item``), as a
+    broken exporter would: pydicom refuses to set a DS or IS to text, but reads such a file."""
+    ds = pydicom.dcmread(str(path))
+    target = ds if item is None else ds[item][0]
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    raw = text.encode() + (b" " if len(text) % 2 else b"")
+    target._dict[tag] = RawDataElement(Tag(tag), pydicom.datadict.dictionary_VR(tag), len(raw), raw, 0, False, True)
+    ds.save_as(path)
+
+
+@pytest.mark.parametrize(
+    "keyword, text, item, slices, named",
+    [
+        ("RescaleSlope", "abc", None, 3, r"RescaleSlope \(0028,1053\)"),
+        ("RescaleIntercept", "1,5", None, 3, r"RescaleIntercept \(0028,1052\)"),
+        ("PixelSpacing", "0.8\\abc", None, 3, r"PixelSpacing \(0028,0030\)"),
+        ("ImagePositionPatient", "1\\2\\x", None, 3, r"ImagePositionPatient \(0020,0032\)"),
+        ("SliceThickness", "abc", None, 1, r"SliceThickness \(0018,0050\)"),  # the step of a one-slice series
+        ("ImageOrientationPatient", "1\\0\\0\\0\\1\\zero", None, 3, r"ImageOrientationPatient \(0020,0037\)"),
+        ("PatientWeight", "heavy", None, 3, r"PatientWeight \(0010,1030\)"),
+        ("RadionuclideTotalDose", "370 MBq", "RadiopharmaceuticalInformationSequence", 3,
+         r"RadionuclideTotalDose \(0018,1074\)"),
+        ("SeriesTime", "ten past", None, 3, r"SeriesTime"),
+    ],
+)
+def test_malformed_value_names_file_and_tag_and_the_other_series_convert(tmp_path, keyword, text, item, slices, named):
+    """A tag holding text where DICOM wants a number fails its own series with a DicomError naming the
+    file and the tag; the folder's other series convert and series.csv lists both."""
+    bad = write_series(tmp_path / "in" / "pet", np.ones((3, 2, slices), np.int16), modality="PT", extra=pet_tags())
+    write_series(tmp_path / "in" / "ct", np.zeros((3, 2, 3), np.int16), patient="P2")
+    for path in bad:
+        set_raw(path, keyword, text, item)
+    results = {r.modality: r for r in convert_dicom(tmp_path / "in", tmp_path / "out")}
+    assert results["CT"].status == "ok" and results["CT"].output.is_file()
+    pet = results["PT"]
+    assert pet.status == "failed" and pet.output is None
+    assert "\n" not in pet.message and any(str(f) in pet.message for f in bad), pet.message
+    assert re.search(named, pet.message) and f"'{text}'" in pet.message, pet.message
+    rows = list(csv.DictReader((tmp_path / "out" / "series.csv").open()))
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"]
+    # the DicomError itself when the series is read directly
+    if item is None and keyword not in ("PatientWeight", "SeriesTime"):
+        with pytest.raises(DicomError, match=named):
+            read_series(find_series(tmp_path / "in" / "pet")[0])
+
+
+def test_malformed_series_number_only_loses_the_number_in_the_name(tmp_path):
+    files = write_series(tmp_path / "in", np.zeros((2, 2, 2), np.int16))
+    for path in files:
+        set_raw(path, "SeriesNumber", "three")
+    (result,) = convert_dicom(tmp_path / "in", tmp_path / "out")
+    assert result.status == "ok" and result.output.name == "P1_CT.nii.gz"
+
+
+def test_cli_exit_status_when_nothing_or_something_converted(tmp_path, capsys):
+    bad = write_series(tmp_path / "in" / "ct1", np.zeros((2, 2, 2), np.int16))
+    for path in bad:
+        set_raw(path, "RescaleSlope", "abc")
+    assert convert_cli.main([str(tmp_path / "in"), str(tmp_path / "out")]) == 2  # nothing converted
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "RescaleSlope (0028,1053)" in err and "Traceback" not in err
+    write_series(tmp_path / "in" / "ct2", np.zeros((2, 2, 2), np.int16), patient="P2")
+    assert convert_cli.main([str(tmp_path / "in"), str(tmp_path / "out")]) == 1  # one of two converted
+    assert (tmp_path / "out" / "series.csv").is_file() and (tmp_path / "out" / "P2_S3_CT.nii.gz").is_file()
+
+
+def test_cli_refuses_an_output_that_cannot_take_files_before_converting(tmp_path, capsys):
+    write_series(tmp_path / "in", np.zeros((2, 2, 2), np.int16))
+    (tmp_path / "taken").write_text("a file")
+    assert convert_cli.main([str(tmp_path / "in"), str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert "taken: the output folder is a file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_symlink_loop_as_source_is_named(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert convert_cli.main([str(loop), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{loop}: is a symbolic link loop" in err.replace("\n", "") and "Traceback" not in err

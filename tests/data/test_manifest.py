@@ -58,6 +58,24 @@ def test_missing_file(case):
         check_record(_one(tmp_path, ct, label).records[0], UMD13)
 
 
+def test_folder_or_symlink_loop_where_a_file_should_be(case):
+    tmp_path, ct, label, pet = case
+    ct.unlink()
+    ct.mkdir()  # an unpacked archive left where the file was
+    with pytest.raises(ManifestError, match=r"ct\.nii\.gz: is a folder, not a file$"):
+        check_record(_one(tmp_path, ct, label).records[0], UMD13)
+    label.unlink()
+    label.symlink_to(label.name)  # a link to itself
+    problems = validate_manifest(_one(tmp_path, pet, label, "PET_CT"), UMD13, raise_on_error=False)
+    assert [str(p) for p in problems] == [f"{label}: is a symbolic link loop"]
+    manifest = tmp_path / "loop.csv"
+    manifest.symlink_to(manifest.name)
+    with pytest.raises(ManifestError, match=r"loop\.csv: is a symbolic link loop"):
+        read_manifest(manifest)
+    with pytest.raises(ManifestError, match=r": is a folder, not a manifest file"):
+        read_manifest(ct)
+
+
 def test_unreadable_nifti(case):
     tmp_path, ct, label, _ = case
     ct.write_bytes(gzip.compress(b"this is not a nifti header" * 20))

@@ -16,6 +16,7 @@ from umd_lightning.data.manifest import Manifest, ManifestError, Problem, ScanRe
 from umd_lightning.data.splits import few_shot, split_subjects, write_split_file
 from umd_lightning.data.transforms import eval_transforms, paired_load_transforms, paired_patch_transforms
 from umd_lightning.organs import ANATOMICAL_VIEWS, SESSION_VIEWS, VIEWS, anatomical_view, check_view, get_organ_set, pet_view
+from umd_lightning.paths import path_problem
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ class UMDDataModule(L.LightningDataModule):
             if root is not None:
                 self.source.setdefault("root", str(root))
             folder = self.source.get("root") or self.source.get("path")
-            if folder is None or str(folder) in ("", "???") or not Path(str(folder)).expanduser().exists():
-                raise ManifestError(f"data.root: {folder} does not exist (set data.root=DIR for layout {layout})")
+            problem = "is not set" if folder is None or str(folder) in ("", "???") else path_problem(
+                Path(str(folder)).expanduser(), "any")
+            if problem:
+                raise ManifestError(f"data.root: {folder}: {problem} (set data.root=DIR for layout {layout})")
         self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
         self.cache_dir = Path(cache_dir).expanduser()
         self.split_cfg = dict(splits or {})

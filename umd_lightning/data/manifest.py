@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from umd_lightning.organs import SESSION_VIEWS, VIEW_SESSION, VIEWS, OrganSet, is_pet
+from umd_lightning.paths import path_problem
 
 REQUIRED_COLUMNS = ("subject_id", "session", "view", "image", "label")
 OPTIONAL_COLUMNS = ("split",)
@@ -158,8 +159,9 @@ def read_manifest(path: str | Path) -> Manifest:
         ManifestError: the file is missing, unreadable or lacks required columns.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest file not found")
+    problem = path_problem(path, noun="manifest file")
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text())
@@ -187,8 +189,9 @@ class Problem:
 
 
 def _load(path: Path) -> nib.spatialimages.SpatialImage:
-    if not path.is_file():
-        raise ManifestError(f"{path}: file not found")
+    problem = path_problem(path)
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
     try:
         return nib.load(str(path))
     except Exception as exc:  # noqa: BLE001

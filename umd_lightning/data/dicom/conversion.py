@@ -12,11 +12,12 @@ import nibabel as nib
 import numpy as np
 
 from umd_lightning.data.dicom.discovery import RTSTRUCT_SOP_CLASS, SEG_SOP_CLASS, DicomSeries, _read_header, find_series
-from umd_lightning.data.dicom.errors import DicomError
+from umd_lightning.data.dicom.errors import DicomError, _number
 from umd_lightning.data.dicom.seg import read_seg, segment_lookup
 from umd_lightning.data.dicom.suv import suv_factors
 from umd_lightning.data.dicom.volume import Volume, read_enhanced, read_series
 from umd_lightning.organs import LabelMap, OrganSet, get_organ_set, load_label_map
+from umd_lightning.results import ensure_writable
 
 #: Modalities converted as image series; SEG becomes a label map; others are skipped.
 IMAGE_MODALITIES = ("CT", "MR", "PT")
@@ -67,7 +68,8 @@ def convert_image_series(
         DicomError: see :func:`read_series` and :func:`suv_factors`.
     """
     out_path = Path(out_path)
-    if len(series.files) == 1 and int(getattr(_read_header(series.files[0]), "NumberOfFrames", 1) or 1) > 1:
+    header = _read_header(series.files[0]) if len(series.files) == 1 else None
+    if header is not None and _number(header, "NumberOfFrames", series.files[0], 1, kind=int) > 1:
         if series.modality == "PT":
             raise DicomError(f"{series.files[0]}: multi-frame (enhanced) PET is not supported; export single frames")
         vol = read_enhanced(series.files[0])
@@ -126,6 +128,12 @@ def convert_dicom(
     lmap: LabelMap | Literal["names"] | None
     lmap = label_map if label_map in (None, "names") or isinstance(label_map, LabelMap) else load_label_map(label_map)
     all_series = find_series(src)
+    try:  # before any series is converted
+        ensure_writable(out)
+    except FileExistsError:
+        raise DicomError(f"{out}: the output folder is a file; choose another output folder") from None
+    except OSError as exc:
+        raise DicomError(f"{out}: cannot write the converted files there ({exc.strerror}); choose another output folder") from None
     results: list[ConvertResult] = []
     volumes: dict[str, Volume] = {}
     used: set[str] = set()
@@ -156,6 +164,8 @@ def convert_dicom(
                 row.status, row.message = "skipped", f"modality {series.modality or '?'} is not converted"
         except DicomError as exc:
             row.status, row.message = "failed", str(exc)
+        except Exception as exc:  # noqa: BLE001 - one series pydicom cannot handle must not stop the others
+            row.status, row.message = "failed", f"{series.files[0]}: cannot convert ({type(exc).__name__}: {exc})"
         results.append(row)
     _write_index(out, results)
     return results

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from umd_lightning.data.dicom.errors import DicomError
+from umd_lightning.data.dicom.errors import DicomError, _number
+from umd_lightning.paths import path_problem
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -65,8 +66,9 @@ def find_series(src: str | Path) -> list[DicomSeries]:
         DicomError: ``src`` does not exist or holds no DICOM file.
     """
     src = Path(src)
-    if not src.exists():
-        raise DicomError(f"{src}: no such file or folder")
+    problem = path_problem(src, "any")
+    if problem:
+        raise DicomError(f"{src}: {problem}")
     paths = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
     series: dict[str, DicomSeries] = {}
     for path in paths:
@@ -78,14 +80,17 @@ def find_series(src: str | Path) -> list[DicomSeries]:
             continue
         uid = str(ds.SeriesInstanceUID)
         if uid not in series:
-            number = ds.get("SeriesNumber")
+            try:
+                number = _number(ds, "SeriesNumber", path, kind=int)
+            except DicomError:
+                number = None  # it only names the output file: a malformed one must not stop every series
             series[uid] = DicomSeries(
                 series_uid=uid,
                 modality=str(ds.get("Modality", "")).upper(),
                 sop_class_uid=sop_class,
                 patient_id=str(ds.get("PatientID", "")),
                 study_uid=str(ds.get("StudyInstanceUID", "")),
-                series_number=None if number in (None, "") else int(number),
+                series_number=number,
                 description=str(ds.get("SeriesDescription", "")),
             )
         series[uid].files.append(path)

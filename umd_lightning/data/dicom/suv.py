@@ -9,27 +9,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from umd_lightning.data.dicom.errors import DicomError, _require
+from umd_lightning.data.dicom.errors import DicomError, _require, _require_numbers
 
 
-def _parse_dt(date: str | None, time: str | None) -> dt.datetime | None:
+def _parse_dt(date: str | None, time: str | None, path: str | Path, keywords: tuple[str, str]) -> dt.datetime | None:
+    """A DICOM date (DA) and time (TM); ``keywords`` name the tags they came from in the error."""
     from pydicom.valuerep import DA, TM
 
     if not time:
         return None
-    t = TM(str(time).strip())
-    d = DA(str(date).strip()) if date else dt.date(1900, 1, 1)
-    return dt.datetime.combine(d, dt.time(t.hour, t.minute, t.second, t.microsecond))
+    try:
+        t = TM(str(time).strip())
+        d = DA(str(date).strip()) if date else dt.date(1900, 1, 1)
+        return dt.datetime.combine(d, dt.time(t.hour, t.minute, t.second, t.microsecond))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomError(
+            f"{path}: DICOM tags {keywords[0]} {date!r} and {keywords[1]} {time!r} are not a date and a time ({exc}), "
+            "needed for SUV decay correction"
+        ) from exc
 
 
-def _parse_datetime(value: str) -> dt.datetime:
+def _parse_datetime(value: str, path: str | Path) -> dt.datetime:
     from pydicom.valuerep import DT
 
-    v = DT(str(value).strip())
-    return dt.datetime(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+    try:
+        v = DT(str(value).strip())
+        return dt.datetime(v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DicomError(
+            f"{path}: DICOM tag RadiopharmaceuticalStartDateTime (0018,1078) holds {value!r}, not a date-time ({exc}), "
+            "needed for SUV decay correction"
+        ) from exc
 
 
-def _private_float(ds, group: int, element: int) -> float | None:
+def _private_float(ds, group: int, element: int, path: str | Path) -> float | None:
     tag = (group << 16) | element
     if tag not in ds:
         return None
@@ -41,7 +54,10 @@ def _private_float(ds, group: int, element: int) -> float | None:
             return struct.unpack("<d", value[:8])[0] if len(value) >= 8 else None
     if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
         value = list(value)[0]
-    return float(value)
+    try:
+        return float(value)
+    except (ValueError, TypeError) as exc:
+        raise DicomError(f"{path}: private DICOM tag ({group:04X},{element:04X}) holds {value!r}, not a number") from exc
 
 
 @dataclass(frozen=True)
@@ -83,7 +99,7 @@ def suv_factors(datasets: Sequence, path: str | Path = "") -> SuvFactors:
     if units == "GML":
         return SuvFactors(units, None, None, None, None, None, None, None, None, 1.0)
     if units == "CNTS":
-        scale = _private_float(ds, 0x7053, 0x1000)
+        scale = _private_float(ds, 0x7053, 0x1000, path)
         if scale is None:
             raise DicomError(
                 f"{path}: Units CNTS needs the Philips private SUV scale factor (7053,1000), which is missing; "
@@ -102,13 +118,13 @@ def suv_factors(datasets: Sequence, path: str | Path = "") -> SuvFactors:
     corrected = ds.get("CorrectedImage")
     if corrected is not None and "DECY" not in [str(c).upper() for c in corrected]:
         raise DicomError(f"{path}: CorrectedImage {list(corrected)} lacks DECY; the images are not decay corrected")
-    weight = float(_require(ds, "PatientWeight", path, "body-weight SUV"))
+    weight = _require_numbers(ds, "PatientWeight", path, "body-weight SUV")[0]
     if not weight > 0:
         raise DicomError(f"{path}: PatientWeight {weight} kg is not positive")
     info_seq = _require(ds, "RadiopharmaceuticalInformationSequence", path, "SUV")
     info = info_seq[0]
-    dose = float(_require(info, "RadionuclideTotalDose", path, "SUV (in RadiopharmaceuticalInformationSequence)"))
-    half_life = float(_require(info, "RadionuclideHalfLife", path, "SUV (in RadiopharmaceuticalInformationSequence)"))
+    dose = _require_numbers(info, "RadionuclideTotalDose", path, "SUV (in RadiopharmaceuticalInformationSequence)")[0]
+    half_life = _require_numbers(info, "RadionuclideHalfLife", path, "SUV (in RadiopharmaceuticalInformationSequence)")[0]
     if not dose > 0 or not half_life > 0:
         raise DicomError(f"{path}: RadionuclideTotalDose {dose} Bq and RadionuclideHalfLife {half_life} s must be > 0")
 
@@ -116,8 +132,9 @@ def suv_factors(datasets: Sequence, path: str | Path = "") -> SuvFactors:
         factor = weight * 1000.0 / dose
         return SuvFactors(units, decay, weight, dose, half_life, None, None, 0.0, dose, factor)
 
-    series_time = _parse_dt(ds.get("SeriesDate"), ds.get("SeriesTime"))
-    acq_times = [t for t in (_parse_dt(d.get("AcquisitionDate"), d.get("AcquisitionTime")) for d in datasets) if t]
+    series_time = _parse_dt(ds.get("SeriesDate"), ds.get("SeriesTime"), path, ("SeriesDate", "SeriesTime"))
+    when = ("AcquisitionDate", "AcquisitionTime")
+    acq_times = [t for t in (_parse_dt(d.get(when[0]), d.get(when[1]), path, when) for d in datasets) if t]
     acq_start = min(acq_times) if acq_times else None
     # QIBA: the series time is the decay reference unless a post-processing step rewrote it later than the
     # first acquisition; then the earliest acquisition time stands in.
@@ -132,7 +149,7 @@ def suv_factors(datasets: Sequence, path: str | Path = "") -> SuvFactors:
         )
 
     if info.get("RadiopharmaceuticalStartDateTime"):
-        injection = _parse_datetime(info.RadiopharmaceuticalStartDateTime)
+        injection = _parse_datetime(info.RadiopharmaceuticalStartDateTime, path)
         time_only = False
     else:
         start = _require(
@@ -142,7 +159,7 @@ def suv_factors(datasets: Sequence, path: str | Path = "") -> SuvFactors:
             "SUV decay correction (or RadiopharmaceuticalStartDateTime), in RadiopharmaceuticalInformationSequence",
         )
         date = ds.get("SeriesDate") or ds.get("AcquisitionDate") or ds.get("StudyDate")
-        injection = _parse_dt(date, start)
+        injection = _parse_dt(date, start, path, ("SeriesDate", "RadiopharmaceuticalStartTime"))
         time_only = True
     if time_only and injection > scan:
         # A time without a date, later than the scan: the injection was the evening before a scan after midnight.

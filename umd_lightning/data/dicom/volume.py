@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from umd_lightning.data.dicom.discovery import DicomSeries, _read_header
-from umd_lightning.data.dicom.errors import DicomError, _highdicom, _require
+from umd_lightning.data.dicom.errors import DicomError, _highdicom, _number, _require_numbers
 
 #: LPS (DICOM patient coordinates) -> RAS (NIfTI world coordinates).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -71,27 +71,28 @@ def slice_geometry(datasets: Sequence, files: Sequence[Path]) -> tuple[np.ndarra
             (missing slices, several stacks).
     """
     first, f0 = datasets[0], files[0]
-    iop = np.array([float(v) for v in _require(first, "ImageOrientationPatient", f0, "orientation")], dtype=float)
-    spacing = [float(v) for v in _require(first, "PixelSpacing", f0, "voxel spacing")]
-    shape = (int(_require(first, "Rows", f0)), int(_require(first, "Columns", f0)))
+    iop = np.array(_require_numbers(first, "ImageOrientationPatient", f0, "orientation"), dtype=float)
+    spacing = _require_numbers(first, "PixelSpacing", f0, "voxel spacing")
+    shape = (_require_numbers(first, "Rows", f0, kind=int)[0], _require_numbers(first, "Columns", f0, kind=int)[0])
     if iop.size != 6 or len(spacing) != 2:
         raise DicomError(f"{f0}: malformed ImageOrientationPatient {_fmt(iop)} or PixelSpacing {spacing}")
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
     positions = []
     for ds, path in zip(datasets, files):
-        other = np.array([float(v) for v in _require(ds, "ImageOrientationPatient", path, "orientation")])
+        other = np.array(_require_numbers(ds, "ImageOrientationPatient", path, "orientation"))
         if other.size != 6 or np.abs(other - iop).max() > ORIENTATION_ATOL:
             raise DicomError(
                 f"{path}: ImageOrientationPatient {_fmt(other)} differs from {f0} "
                 f"{_fmt(iop)}; the series mixes orientations (e.g. a localizer) and is not one volume"
             )
-        if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise DicomError(f"{path}: {ds.Rows}x{ds.Columns} pixels differs from {f0} {shape[0]}x{shape[1]}")
-        other_sp = [float(v) for v in _require(ds, "PixelSpacing", path, "voxel spacing")]
+        size = (_require_numbers(ds, "Rows", path, kind=int)[0], _require_numbers(ds, "Columns", path, kind=int)[0])
+        if size != shape:
+            raise DicomError(f"{path}: {size[0]}x{size[1]} pixels differs from {f0} {shape[0]}x{shape[1]}")
+        other_sp = _require_numbers(ds, "PixelSpacing", path, "voxel spacing")
         if not np.allclose(other_sp, spacing, rtol=1e-4):
             raise DicomError(f"{path}: PixelSpacing {other_sp} differs from {f0} {spacing}")
-        positions.append(np.array([float(v) for v in _require(ds, "ImagePositionPatient", path, "slice position")]))
+        positions.append(np.array(_require_numbers(ds, "ImagePositionPatient", path, "slice position")))
     positions_arr = np.array(positions)
     along = positions_arr @ normal
     order = [int(i) for i in np.argsort(along, kind="stable")]
@@ -113,8 +114,9 @@ def slice_geometry(datasets: Sequence, files: Sequence[Path]) -> tuple[np.ndarra
                 f"along the normal); the series has missing slices or several stacks"
             )
     else:
-        thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0
-        step = normal * float(thickness)
+        thickness = (_number(first, "SpacingBetweenSlices", f0, purpose="the slice step")
+                     or _number(first, "SliceThickness", f0, purpose="the slice step") or 1.0)
+        step = normal * thickness
     lps = np.eye(4)
     # PixelSpacing is (between rows, between columns): column index i moves along the row cosine.
     lps[:3, 0] = row_cos * spacing[1]
@@ -142,7 +144,7 @@ def read_series(series: DicomSeries | Sequence[str | Path]) -> Volume:
         ds = _read_header(path)
         if ds is None:
             raise DicomError(f"{path}: not a readable DICOM file")
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if _number(ds, "NumberOfFrames", path, 1, kind=int) > 1:
             raise DicomError(
                 f"{path}: multi-frame (enhanced) image with {ds.NumberOfFrames} frames; "
                 "use read_enhanced (needs highdicom) for it"
@@ -159,8 +161,8 @@ def read_series(series: DicomSeries | Sequence[str | Path]) -> Volume:
             raise DicomError(f"{path}: cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
         if pixels.ndim != 2:
             raise DicomError(f"{path}: expected one grey-level frame, got pixel array of shape {pixels.shape}")
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slope = _number(ds, "RescaleSlope", path, 1.0, "rescaling the pixel values") or 1.0
+        intercept = _number(ds, "RescaleIntercept", path, 0.0, "rescaling the pixel values")
         slices.append(pixels.astype(np.float64) * slope + intercept)
     array = np.stack(slices, axis=-1).transpose(1, 0, 2)  # (rows, cols, k) -> (cols, rows, k)
     return Volume(array, affine, [headers[i] for i in order], [files[i] for i in order])

@@ -10,6 +10,7 @@ from umd_lightning.data.layouts.labels import LabelMapOption
 from umd_lightning.data.layouts.records import _finish
 from umd_lightning.data.manifest import Manifest, ManifestError, ScanRecord
 from umd_lightning.organs import OrganSet
+from umd_lightning.paths import path_problem
 
 
 def read_autopet(
@@ -43,8 +44,9 @@ def read_autopet(
         ManifestError: ``root`` missing or holding no study with the CT and PET files.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"{root}: AutoPET folder not found")
+    problem = path_problem(root, "folder", "AutoPET folder")
+    if problem:
+        raise ManifestError(f"{root}: {problem}")
     if label_file is not None and Path(label_file).name.split(".")[0] == "SEG":
         warnings.warn(
             f"AutoPET label_file {label_file!r} is the lesion mask, not an organ label map", stacklevel=2

@@ -15,6 +15,7 @@ import numpy as np
 
 from umd_lightning.data.manifest import Manifest, ManifestError, ScanRecord
 from umd_lightning.organs import SESSION_VIEWS, LabelMap, OrganSet, get_organ_set, load_label_map
+from umd_lightning.paths import path_problem
 
 #: ``label_map`` option: a map for every case, or one per anatomical view / session (``default`` for the rest).
 LabelMapOption = str | Mapping[str, str | None] | None
@@ -42,8 +43,9 @@ def map_label_file(
     src, dst = Path(src), Path(dst)
     lmap = label_map if isinstance(label_map, LabelMap) else load_label_map(str(label_map))
     organs = get_organ_set(organ_set)
-    if not src.is_file():
-        raise ManifestError(f"{src}: label file not found")
+    problem = path_problem(src, noun="label file")
+    if problem:
+        raise ManifestError(f"{src}: {problem}")
     try:
         img = nib.load(str(src))
         data = np.asanyarray(img.dataobj)

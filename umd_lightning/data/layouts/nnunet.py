@@ -11,6 +11,7 @@ from umd_lightning.data.layouts.labels import LabelMapOption
 from umd_lightning.data.layouts.records import DEFAULT_SESSION_NAMES, _finish, _session_view, _token
 from umd_lightning.data.manifest import Manifest, ManifestError, ScanRecord
 from umd_lightning.organs import VIEW_SESSION, OrganSet
+from umd_lightning.paths import path_problem
 
 #: Role of an nnU-Net channel: a view, the generic ``PET`` / ``anatomical`` resolved per case, or ``skip``.
 ChannelRole = Literal["CT", "MRI", "PET", "PET_CT", "PET_MRI", "anatomical", "skip"]
@@ -81,8 +82,12 @@ def read_nnunet(
     """
     root = Path(root)
     dj_path = root / dataset_json
-    if not dj_path.is_file():
-        raise ManifestError(f"{dj_path}: dataset.json not found (is {root} an nnU-Net raw dataset folder?)")
+    problem = path_problem(root, "folder", "nnU-Net dataset folder")
+    if problem:
+        raise ManifestError(f"{root}: {problem}")
+    problem = path_problem(dj_path, noun="dataset.json")
+    if problem:
+        raise ManifestError(f"{dj_path}: {problem} (is {root} an nnU-Net raw dataset folder?)")
     try:
         dj = json.loads(dj_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

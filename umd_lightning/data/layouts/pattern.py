@@ -10,6 +10,7 @@ from umd_lightning.data.layouts.labels import LabelMapOption
 from umd_lightning.data.layouts.records import DEFAULT_SESSION_NAMES, DEFAULT_VIEW_NAMES, _finish, _session_view, _token
 from umd_lightning.data.manifest import Manifest, ManifestError, ScanRecord
 from umd_lightning.organs import SESSION_VIEWS, VIEW_SESSION, VIEWS, OrganSet
+from umd_lightning.paths import path_problem
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -78,8 +79,9 @@ def read_pattern(
             one subject and view; nothing matched.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise ManifestError(f"{root}: folder not found")
+    problem = path_problem(root, "folder")
+    if problem:
+        raise ManifestError(f"{root}: {problem}")
     sessions = {**DEFAULT_SESSION_NAMES, **{_token(k): v for k, v in (session_names or {}).items()}}
     views_by_token = {**DEFAULT_VIEW_NAMES, **{_token(v): v for v in VIEWS}}
     views_by_token.update({_token(k): v for k, v in (view_names or {}).items()})
