@@ -4,7 +4,7 @@ run, or the run stops with one line and nothing in the folder is lost.
 Faults: kill -9 as the first case starts, after 1 and after all but one of the 4 cases, after the
 last case (before the table) and during the analysis; a corrupt and a partial journal file; a
 read-only run folder and a read-only ``cases/``; a manifest whose every case is bad; a re-run with
-another model or other metric settings. The killed jobs are real subprocesses of the main job
+another model or other metric settings; labels stored in another axis orientation than their images. The killed jobs are real subprocesses of the main job
 (``tests/lit/fault_run.py`` kills itself at the chosen point), started together at the beginning of
 the module while one uninterrupted reference run is made in this process; the re-runs are made in
 this process.
@@ -250,3 +250,35 @@ def test_a_pet_in_bq_per_ml_stops_the_run_before_anything_is_scored(tiny_cohort,
     with pytest.raises(PetUnitsError, match=r"pet\.nii\.gz: PET 99\.9th percentile is .*: values look like Bq/ml, not SUV"):
         run(compose_job(out, cache_dir, "data=manifest", f"data.root={cohort / tiny_cohort.name}", "data.splits.n_test=1"))
     assert not (out / CASES_DIR).exists() and not (out / "results.csv").exists()
+
+
+def test_a_label_stored_in_another_axis_orientation_runs_and_scores_like_the_matching_pair(
+    reference, tiny_cohort, cache_dir, tmp_path
+):
+    """Every label re-stored A,L,S (axes swapped and flipped; the images stay RAS or L,P,S): the same
+    world grid, so the run scores every case, and exactly as the run on the matching pairs."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort.parent, cohort)
+    for label in cohort.rglob("label.nii.gz"):
+        img = nib.load(str(label))
+        data = np.asarray(img.dataobj)
+        change = ornt_transform(io_orientation(img.affine), axcodes2ornt(("A", "L", "S")))
+        affine = img.affine @ inv_ornt_aff(change, data.shape)
+        nib.save(nib.Nifti1Image(apply_orientation(data, change).astype(data.dtype), affine), str(label))
+        image = next(p for p in label.parent.glob("*.nii.gz") if p.name in ("ct.nii.gz", "mri.nii.gz"))
+        assert aff2axcodes(affine) == ("A", "L", "S") != aff2axcodes(nib.load(str(image)).affine)
+        # the same world grid: the old corner voxels land on the new grid's corner voxels
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in data.shape], indexing="ij")).reshape(3, -1).T
+        moved = nib.affines.apply_affine(np.linalg.inv(affine), nib.affines.apply_affine(img.affine, corners))
+        np.testing.assert_allclose(moved, moved.round(), atol=1e-6)
+        np.testing.assert_allclose(moved.min(0), 0, atol=1e-6)
+        np.testing.assert_allclose(moved.max(0), np.array(data.shape)[[1, 0, 2]] - 1, atol=1e-6)
+    out = tmp_path / "run"
+    table = run(compose_job(out, cache_dir, "data=manifest", f"data.root={cohort / tiny_cohort.name}", "data.splits.n_test=1"))["results"]
+    assert len(table) == N_CASES * 13 and (table.status != "failed").all(), table.error.unique()
+    paths = ["image_path", "label_path"]
+    pd.testing.assert_frame_equal(comparable(table).drop(columns=paths), comparable(read_results(reference)[0]).drop(columns=paths))
