@@ -8,8 +8,8 @@ r"""Mask-level quantities behind the failure modes, computed where the masks are
 - ``farthest_component_mm``: the distance from the reference organ to the farthest predicted
   component, :math:`\max_C \min_{c \in C, r \in R} \lVert (c - r) \odot s \rVert_2` in mm between
   voxel centres, with a component that overlaps the reference at distance 0. So 0 means every
-  component touches the reference organ, and a value above a few voxels is a stray component (or, with
-  one component, a prediction elsewhere). NaN when either mask is empty.
+  component overlaps the reference organ, and a value above a few voxels is a stray component (or,
+  with one component, a prediction elsewhere). NaN when either mask is empty.
 - ``suv_mean_pred`` / ``suv_mean_ref``: the mean SUV of the PET inside the predicted / reference mask,
   on PET views (``suv`` given); NaN without a PET or with an empty mask.
 
@@ -17,11 +17,13 @@ Why the distance needs only surfaces: for disjoint voxel sets the closest pair l
 6-connected boundaries (a step from an interior voxel towards the other set shortens the distance), and
 the boundary of the predicted mask is the union of its components' boundaries under 26-connectivity.
 
-Cost: per organ, the work is on the organ's bounding-box crops of the two label maps (bool), one
-``scipy.ndimage.label`` of the predicted crop (int32 component ids, the crop's size) and a nearest
-surface search only for components that do not overlap the reference; the SUV means index the PET
-crop with the masks. No whole-volume array is made, except the two ``find_objects`` passes over the
-label maps.
+Cost: per organ, the work is on the organ's bounding-box crops of the two label maps (bool), with the
+predicted crop's empty planes dropped (:func:`_compact`: specks far apart no longer make a crop of the
+whole volume); one ``scipy.ndimage.label`` there (int32 component ids of that size), and a k-d tree
+search of the reference surface only from the boundary voxels of components that do not overlap the
+reference; the SUV means index the PET with the masks' crops. No whole-volume array is made besides
+the two ``find_objects`` passes over the label maps; ``benchmarks/failure_bench.py`` prints the cost
+against :func:`~umd_lightning.metrics.functional.case_metrics`.
 """
 
 from __future__ import annotations
