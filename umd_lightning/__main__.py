@@ -19,7 +19,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from umd_lightning.data.manifest import ManifestError
     from umd_lightning.data.splits import SplitError
     from umd_lightning.lit.folder import RunFolderError
-    from umd_lightning.models.adapter import CheckpointError, MissingExtraError
+    from umd_lightning.extras import MissingExtraError
+    from umd_lightning.models.adapter import CheckpointError
 
     return (ConfigError, ManifestError, SplitError, CheckpointError, MissingExtraError, FileNotFoundError, RunFolderError)
 

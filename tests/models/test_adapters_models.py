@@ -17,7 +17,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from monai.inferers import sliding_window_inference
 
-from umd_lightning.models.adapter import CheckpointError, MissingExtraError
+from umd_lightning.extras import MissingExtraError
+from umd_lightning.models.adapter import CheckpointError
 from umd_lightning.organs import UMD13
 
 SHAPE = (20, 24, 18)

@@ -30,7 +30,8 @@ import numpy as np
 import pytest
 import torch
 
-from umd_lightning.models.adapter import CheckpointError, MissingExtraError
+from umd_lightning.extras import MissingExtraError
+from umd_lightning.models.adapter import CheckpointError
 from umd_lightning.models.sat import SATAdapter
 from umd_lightning.organs import UMD13, load_label_map
 

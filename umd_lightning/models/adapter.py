@@ -11,7 +11,6 @@ import contextlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Iterator, Literal, Mapping, Protocol, runtime_checkable
 
 import numpy as np
@@ -114,32 +113,6 @@ def check_channels(channels: Any) -> tuple[str, ...]:
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not fit the network; the message names the file and the keys."""
-
-
-class MissingExtraError(ImportError):
-    """An optional package a model needs is not installed; the message names the extra to install."""
-
-
-def optional_import(module: str, extra: str, *, model: str | None = None, hint: str = "") -> ModuleType:
-    """Import an optional dependency lazily, or fail with a message that names the extra.
-
-    Args:
-        module: the importable module, e.g. ``medim``.
-        extra: the ``umd_lightning`` extra that installs it, e.g. ``sam_med3d``.
-        model: the model that needs it (for the message); defaults to ``extra``.
-        hint: one more sentence for packages the extra cannot install (code outside PyPI).
-
-    Raises:
-        MissingExtraError: the module cannot be imported.
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        msg = (
-            f"{model or extra} needs the package {module.split('.')[0]!r}, which is not installed ({exc}); "
-            f"install the extra: pip install 'umd_lightning[{extra}]'"
-        )
-        raise MissingExtraError(f"{msg}. {hint}".strip() if hint else msg) from exc
 
 
 def _numpy_safe_globals() -> list[Any]:

@@ -34,7 +34,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from umd_lightning.models.adapter import CheckpointError, optional_import, weights_only_loading
+from umd_lightning.extras import require_extra
+from umd_lightning.models.adapter import CheckpointError, weights_only_loading
 from umd_lightning.models.file_axes import SessionAxes
 from umd_lightning.models.foundation import PromptedAdapter, Region, require_path
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator
@@ -84,7 +85,7 @@ class NnInteractiveAdapter(PromptedAdapter):
             reported_dice=reported_dice,
             preprocessing=PREPROCESSING,
         )
-        optional_import("nnInteractive.inference.inference_session", "nninteractive", model="nnInteractive")
+        require_extra("nnInteractive.inference.inference_session", "nninteractive", needed_by="nnInteractive")
         self.model_folder = str(require_path(model_folder, "nnInteractive model folder", is_dir=True))
         if not (Path(self.model_folder) / "plans.json").is_file():
             raise CheckpointError(f"{self.model_folder}: no plans.json (not an nnInteractive model folder)")
@@ -103,7 +104,7 @@ class NnInteractiveAdapter(PromptedAdapter):
             yield
 
     def _make_session(self) -> Any:
-        module = optional_import("nnInteractive.inference.inference_session", "nninteractive", model="nnInteractive")
+        module = require_extra("nnInteractive.inference.inference_session", "nninteractive", needed_by="nnInteractive")
         with self._quiet():
             session = module.nnInteractiveInferenceSession(
                 device=self.device,

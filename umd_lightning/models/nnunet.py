@@ -36,11 +36,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from umd_lightning.extras import require_extra
 from umd_lightning.models.adapter import (
     CheckpointError,
     Prediction,
     load_checkpoint_file,
-    optional_import,
     weights_only_loading,
 )
 from umd_lightning.models.foundation import FoundationAdapter, label_map_from_names, require_path
@@ -109,7 +109,7 @@ class NnUNetAdapter(FoundationAdapter):
         target_spacing: Sequence[float] | None = None,
         reported_dice: Mapping[str, float] | None = None,
     ) -> None:
-        optional_import("nnunetv2", "nnunet", model="nnU-Net v2")
+        require_extra("nnunetv2", "nnunet", needed_by="nnU-Net v2")
         folder = require_path(model_folder, "nnU-Net trained-model folder", is_dir=True)
         dataset_json = _read_json(require_path(folder / "dataset.json", "nnU-Net dataset.json"))
         plans = _read_json(require_path(folder / "plans.json", "nnU-Net plans.json"))

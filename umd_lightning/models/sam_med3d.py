@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from umd_lightning.models.adapter import Prediction, load_state_dict_checked, optional_import
+from umd_lightning.extras import require_extra
+from umd_lightning.models.adapter import Prediction, load_state_dict_checked
 from umd_lightning.models.foundation import PromptedAdapter, Region, require_path
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator, center_point
 from umd_lightning.organs import OrganSet
@@ -121,8 +122,8 @@ class SamMed3DAdapter(PromptedAdapter):
         )
         if self.simulator.boxes:
             raise ValueError("SAM-Med3D adapter: box prompts are not supported (SAM-Med3D is evaluated with clicks)")
-        medim = optional_import("medim", "sam_med3d", model="SAM-Med3D")
-        self._tio = optional_import("torchio", "sam_med3d", model="SAM-Med3D")
+        medim = require_extra("medim", "sam_med3d", needed_by="SAM-Med3D")
+        self._tio = require_extra("torchio", "sam_med3d", needed_by="SAM-Med3D")
         self.crop_policy: CropPolicy = crop_policy
         path = require_path(checkpoint, "SAM-Med3D checkpoint")
         with contextlib.redirect_stdout(io.StringIO()):  # medim prints on every build

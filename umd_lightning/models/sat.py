@@ -54,7 +54,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from umd_lightning.models.adapter import CheckpointError, MissingExtraError, Prediction, load_checkpoint_file
+from umd_lightning.extras import MissingExtraError, require_extra
+from umd_lightning.models.adapter import CheckpointError, Prediction, load_checkpoint_file
 from umd_lightning.models.foundation import FoundationAdapter, ScoreAccumulator, require_path
 from umd_lightning.models.resample import labels_to_grid
 from umd_lightning.organs import OrganSet
@@ -279,10 +280,7 @@ class SATAdapter(FoundationAdapter):
         self.code_dir, self.variant, self.window = str(root), str(variant), window
         self.batch_size, self.max_queries = int(batch_size), int(max_queries)
         self.sat = import_sat_code(root)
-        try:
-            transformers = importlib.import_module("transformers")
-        except ImportError as exc:
-            raise MissingExtraError(f"SAT needs transformers ({exc}); pip install 'umd_lightning[sat]'") from exc
+        transformers = require_extra("transformers", "sat", needed_by="SAT")
 
         class _FromConfig:
             """Stands in for AutoModel in the official text tower: the model from the local config only."""

@@ -76,12 +76,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from umd_lightning.extras import MissingExtraError, require_extra
 from umd_lightning.models.adapter import (
     CheckpointError,
-    MissingExtraError,
     Prediction,
     load_checkpoint_file,
-    optional_import,
 )
 from umd_lightning.models.foundation import FoundationAdapter, ScoreAccumulator, require_path
 from umd_lightning.organs import OrganSet
@@ -166,7 +165,7 @@ def import_segvol_code(code_dir: str | Path | None) -> SegVolCode:
     missing = [f for f in OFFICIAL_FILES if not (folder / f).is_file()]
     if missing:
         raise CheckpointError(f"{what} {folder}: missing {', '.join(missing)}")
-    optional_import("transformers", "segvol", model="SegVol", hint=f"Its model code comes from {folder}.")
+    require_extra("transformers", "segvol", needed_by="SegVol", hint=f"Its model code comes from {folder}.")
     key = str(folder)
     with _IMPORT_LOCK:
         if key in _CACHE:

@@ -26,7 +26,8 @@ from typing import Any, Iterator, Literal, Mapping
 import numpy as np
 import torch
 
-from umd_lightning.models.adapter import CheckpointError, Prediction, optional_import, weights_only_loading
+from umd_lightning.extras import require_extra
+from umd_lightning.models.adapter import CheckpointError, Prediction, weights_only_loading
 from umd_lightning.models.foundation import FoundationAdapter, require_path
 from umd_lightning.organs import OrganSet
 
@@ -87,9 +88,9 @@ def totalseg_environment(
     """
     import multiprocessing
 
-    api = optional_import("totalsegmentator.python_api", "totalsegmentator", model="TotalSegmentator")
-    libs = optional_import("totalsegmentator.libs", "totalsegmentator", model="TotalSegmentator")
-    tnn = optional_import("totalsegmentator.nnunet", "totalsegmentator", model="TotalSegmentator")
+    api = require_extra("totalsegmentator.python_api", "totalsegmentator", needed_by="TotalSegmentator")
+    libs = require_extra("totalsegmentator.libs", "totalsegmentator", needed_by="TotalSegmentator")
+    tnn = require_extra("totalsegmentator.nnunet", "totalsegmentator", needed_by="TotalSegmentator")
     where = str(weights_dir) if weights_dir is not None else "TOTALSEG_WEIGHTS_PATH"
 
     def no_download(*args: Any, **kwargs: Any) -> None:
@@ -185,7 +186,7 @@ class TotalSegmentatorAdapter(FoundationAdapter):
     ) -> None:
         if task not in ("total", "total_mr"):
             raise ValueError(f"TotalSegmentator task must be 'total' or 'total_mr', got {task!r}")
-        optional_import("totalsegmentator.python_api", "totalsegmentator", model="TotalSegmentator")
+        require_extra("totalsegmentator.python_api", "totalsegmentator", needed_by="TotalSegmentator")
         self.weights_dir = str(require_path(weights_dir, "TotalSegmentator weights folder", is_dir=True))
         super().__init__(
             name,
@@ -242,7 +243,7 @@ class TotalSegmentatorAdapter(FoundationAdapter):
             affine = np.diag([*(float(s) for s in meta.get("spacing", (1.0, 1.0, 1.0))), 1.0])
         affine = np.asarray(torch.as_tensor(affine, dtype=torch.float64).cpu(), dtype=np.float64)
         volume = np.ascontiguousarray(image[0, 0].detach().cpu().numpy(), dtype=np.float32)
-        api = optional_import("totalsegmentator.python_api", "totalsegmentator", model="TotalSegmentator")
+        api = require_extra("totalsegmentator.python_api", "totalsegmentator", needed_by="TotalSegmentator")
         with tempfile.TemporaryDirectory(prefix="umd_totalseg_") as tmp:
             # a file, as a user would hand it: TotalSegmentator reads the geometry from its header
             path = Path(tmp) / "image.nii"

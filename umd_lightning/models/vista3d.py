@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from umd_lightning.models.adapter import Prediction, load_state_dict_checked, optional_import
+from umd_lightning.extras import require_extra
+from umd_lightning.models.adapter import Prediction, load_state_dict_checked
 from umd_lightning.models.foundation import PromptedAdapter, Region
 from umd_lightning.models.prompts import OrganPrompts, PromptSimulator
 from umd_lightning.organs import OrganSet
@@ -250,7 +251,7 @@ class Vista3DAdapter(PromptedAdapter):
         from monai.transforms.utils import keep_components_with_positive_points
 
         # the bundle's point post-processing labels connected components with scikit-image
-        optional_import("skimage.measure", "vista3d", model="VISTA3D point prompts")
+        require_extra("skimage.measure", "vista3d", needed_by="VISTA3D point prompts")
         coords, labels = prompts.coords_labels()
         image = prepared["image"]
         # clicks on the input grid -> the model grid (infer.py's transform_points: world coordinates between)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from umd_lightning.extras import MissingExtraError, require_extra
+
 
 class DicomError(ValueError):
     """A DICOM file or series cannot be converted. The message names the file and the problem."""
@@ -68,8 +70,8 @@ def _number(ds, keyword: str, path: Path | str, default=None, purpose: str = "",
 
 
 def _highdicom(path):
+    """highdicom, or a DicomError (its series fails, the others convert) naming the extra that installs it."""
     try:
-        import highdicom
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DicomError(f"{path}: needs the optional package highdicom: install the extra: pip install 'umd_lightning[dicom]'") from exc
-    return highdicom
+        return require_extra("highdicom", "dicom", needed_by=f"{path}: reading DICOM SEG and multi-frame images")
+    except MissingExtraError as exc:
+        raise DicomError(str(exc)) from exc
