@@ -15,11 +15,16 @@ Conventions, stated once:
 - "Headline" means are macro means: the mean over organs of each organ's mean over cases.
 - Failure: an evaluable row (status ``ok``, ``missed`` or ``false_positive``) with Dice < 0.1 or a
   one-sided empty status, so the rate does not depend on the empty policy.
+- Small n (see ``stats``): each paired row says how many differences are non-zero (the test's own n),
+  the smallest p that n allows, whether Holm across the row's family can reach ``alpha`` at all
+  (``underpowered``), in how many subjects the compared view is worse, and whether both views failed
+  (differences of zero that mean "failed twice", not "no difference").
 """
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
@@ -28,7 +33,7 @@ import pandas as pd
 
 from ..organs import PAIR_KINDS, VIEWS
 from ..results import EMPTY_POLICIES, STATUSES, normalise, organ_order, validate_results
-from .stats import holm, paired_comparison
+from .stats import holm, holm_floor, paired_comparison
 
 Metric = Literal["dice", "hd95", "nsd", "assd"]
 EmptyPolicy = Literal["worst", "exclude"]
@@ -42,9 +47,12 @@ FAILURE_DICE = 0.1
 
 DISCREPANCY_COLUMNS: tuple[str, ...] = (
     "model", "pair_kind", "ref_view", "cmp_view", "organ", "metric", "n", "mean_ref", "mean_cmp",
-    "mean_diff", "ci_low", "ci_high", "p", "p_holm", "significant", "effect_dz", "cmp_worse",
-    "reason",
+    "mean_diff", "ci_low", "ci_high", "ci_method", "p", "p_holm", "significant", "effect_dz", "dz_flag",
+    "cmp_worse", "n_nonzero", "min_attainable_p", "underpowered", "k_worse", "n_compared",
+    "sign_consistent", "both_failed", "reason",
 )
+#: d_z is flagged (``dz_flag``) below this many non-zero differences.
+DZ_MIN_N = 5
 
 
 def row_seed(seed: int, *key: str) -> list[int]:
@@ -59,6 +67,77 @@ def present_views(df: pd.DataFrame) -> list[str]:
     """Views in the table, in ``organs.VIEWS`` order (unknown ones after)."""
     seen = list(pd.unique(df["view"].astype(str)))
     return [v for v in VIEWS if v in seen] + [v for v in seen if v not in VIEWS]
+
+
+def worse(diff: np.ndarray | float, metric: str) -> np.ndarray | bool:
+    """Whether a difference ``compared - reference`` of ``metric`` means the compared view is worse."""
+    d = np.asarray(diff, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        out = d < 0 if HIGHER_IS_BETTER.get(metric, True) else d > 0
+    return bool(out) if out.ndim == 0 else out
+
+
+def failed_rows(status: Sequence[str] | np.ndarray, dice: np.ndarray, failure_dice: float = FAILURE_DICE) -> np.ndarray:
+    """Per row, a failure: evaluable and (one-sided empty or Dice < ``failure_dice``)."""
+    s = np.asarray(status, dtype=str)
+    with np.errstate(invalid="ignore"):
+        return np.isin(s, EVALUABLE) & (np.isin(s, ONE_SIDED_EMPTY) | (np.asarray(dice, np.float64) < failure_dice))
+
+
+@dataclass(frozen=True)
+class CubeAxes:
+    """The axes of a subject cube: (model, subject, organ, view), in a canonical order.
+
+    Subjects are sorted by id, so a model's rows (and their seeded bootstrap) do not depend on the
+    table's row order or on the other models in it.
+    """
+
+    models: tuple[str, ...]
+    subjects: tuple[str, ...]
+    organs: tuple[str, ...]
+    views: tuple[str, ...]
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> "CubeAxes":
+        return cls(tuple(pd.unique(df["model"])), tuple(sorted(pd.unique(df["subject_id"]))),
+                   tuple(organ_order(df)), tuple(present_views(df)))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return len(self.models), len(self.subjects), len(self.organs), len(self.views)
+
+
+def _fill_cube(values: pd.Series, axes: CubeAxes, fill: Any, dtype: Any) -> np.ndarray:
+    """A (model, subject, organ, view) array from a Series indexed by model, organ, subject_id, view."""
+    cube = np.full(axes.shape, fill, dtype=dtype)
+    if values.empty:
+        return cube
+    idx = values.index
+    pos = [{v: i for i, v in enumerate(keys)} for keys in (axes.models, axes.subjects, axes.organs, axes.views)]
+    codes = [np.fromiter((p.get(v, -1) for v in idx.get_level_values(level)), np.int64, len(idx))
+             for p, level in zip(pos, ("model", "subject_id", "organ", "view"))]
+    keep = np.all([c >= 0 for c in codes], axis=0)
+    cube[tuple(c[keep] for c in codes)] = values.to_numpy()[keep]
+    return cube
+
+
+def subject_cube(df: pd.DataFrame, metric: str, axes: CubeAxes | None = None) -> np.ndarray:
+    """(model, subject, organ, view) array of ``metric``, each cell the mean over that view's cases of the
+    subject (repeat sessions); NaN where a subject has no finite value. Axes: ``CubeAxes.of(df)``."""
+    axes = CubeAxes.of(df) if axes is None else axes
+    d = df[np.isfinite(df[metric].to_numpy(np.float64))]
+    means = d.groupby(["model", "organ", "subject_id", "view"], sort=False)[metric].mean()
+    return _fill_cube(means, axes, np.nan, np.float64)
+
+
+def failure_cube(df: pd.DataFrame, axes: CubeAxes | None = None, failure_dice: float = FAILURE_DICE) -> np.ndarray:
+    """(model, subject, organ, view) bool array: every evaluable case of that cell failed (see
+    :func:`failed_rows`); False where there is no evaluable case."""
+    axes = CubeAxes.of(df) if axes is None else axes
+    ev = df[df["status"].isin(EVALUABLE)]
+    failed = pd.Series(failed_rows(ev["status"], ev["dice"].to_numpy(np.float64), failure_dice), index=ev.index)
+    per_cell = failed.groupby([ev["model"], ev["organ"], ev["subject_id"], ev["view"]], sort=False).all()
+    return _fill_cube(per_cell, axes, False, bool)
 
 
 def subject_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -91,60 +170,84 @@ def discrepancy_table(
     """Paired view differences per model x pair kind x organ x metric.
 
     Each row: n subjects with both views, mean of each view over those subjects, mean difference
-    ``cmp - ref`` with a percentile-bootstrap CI (seeded per row with :func:`row_seed`), the
+    ``cmp - ref`` with an interval that holds at small n (``ci_method``: t below
+    ``stats.BCA_MIN_N`` pairs, BCa bootstrap seeded per row with :func:`row_seed` from there), the
     Wilcoxon signed-rank p, the Holm-adjusted p across the organs of one model x pair kind x metric,
-    Cohen's d_z and a reason when a statistic is undefined.
+    Cohen's d_z and a reason when a statistic is undefined. And what the sample allows:
+    ``n_nonzero`` (the test's own n), ``min_attainable_p`` (``2 / 2**n_nonzero``), ``underpowered``
+    (the lowest Holm p the family allows this row, ``stats.holm_floor``, is not below ``alpha``),
+    ``k_worse`` of ``n_compared`` subjects worse in the compared view, ``sign_consistent`` (every
+    subject's difference non-zero and on one side), ``both_failed`` (every compared subject failed in
+    both views, so zero differences mean "failed twice"), ``dz_flag`` (d_z not to be read: fewer than
+    :data:`DZ_MIN_N` non-zero differences, or a subject failed in both views).
 
     Args:
         df: results table.
         metrics: metric columns to compare; absent ones are skipped.
         pair_kinds: ``{name: (ref_view, cmp_view)}``; default ``organs.PAIR_KINDS``. A pair kind is
             reported for a model only when the table holds both of its views for that model.
-        n_boot: bootstrap resamples; 0 skips the CI (NaN bounds).
+        n_boot: bootstrap resamples of a BCa interval; 0 skips the intervals (NaN bounds).
         seed: base bootstrap seed.
         level: CI level.
-        alpha: threshold on the Holm p for the ``significant`` column.
+        alpha: threshold on the Holm p for the ``significant`` and ``underpowered`` columns.
 
     Returns:
         Frame with columns ``DISCREPANCY_COLUMNS``.
     """
     df = normalise(validate_results(df))
     pair_kinds = dict(PAIR_KINDS if pair_kinds is None else pair_kinds)
-    organs = organ_order(df)
+    axes = CubeAxes.of(df)
+    failed = failure_cube(df, axes)
     rows: list[dict[str, Any]] = []
     for metric in [m for m in metrics if m in df.columns]:
-        wide = subject_values(df, metric)
-        by_organ = {k: g for k, g in wide.groupby(level=["model", "organ"], sort=False)} if len(wide) else {}
-        for model in pd.unique(df["model"]):
+        cube = subject_cube(df, metric, axes)
+        for mi, model in enumerate(axes.models):
             model_views = set(df.loc[df["model"] == model, "view"])
             for kind, (ref, cmp) in pair_kinds.items():
                 if ref not in model_views or cmp not in model_views:
                     continue
-                block: list[dict[str, Any]] = []
-                for organ in organs:
-                    sub = by_organ.get((model, organ))
-                    if sub is not None and ref in sub and cmp in sub:
-                        a, b = sub[ref].to_numpy(np.float64), sub[cmp].to_numpy(np.float64)
-                    else:
-                        a = b = np.empty(0)
-                    res = paired_comparison(
-                        a, b, n_boot=max(n_boot, 1), seed=row_seed(seed, model, kind, organ, metric), level=level
-                    )
-                    rec = {"model": model, "pair_kind": kind, "ref_view": ref, "cmp_view": cmp,
-                           "organ": organ, "metric": metric, **res.as_dict()}
-                    if res.n == 0:
-                        rec["reason"] = "no subject with both views"
-                    if n_boot == 0:
-                        rec["ci_low"] = rec["ci_high"] = float("nan")
-                    block.append(rec)
+                ri, ci = axes.views.index(ref), axes.views.index(cmp)
+                block = [_paired_row(cube[mi, :, oi, ri], cube[mi, :, oi, ci], failed[mi, :, oi, ri] & failed[mi, :, oi, ci],
+                                     {"model": model, "pair_kind": kind, "ref_view": ref, "cmp_view": cmp,
+                                      "organ": organ, "metric": metric},
+                                     n_boot, row_seed(seed, model, kind, organ, metric), level)
+                         for oi, organ in enumerate(axes.organs)]
                 adj = holm([r["p"] for r in block])
-                for r, q in zip(block, adj):
+                floor = holm_floor([r["min_attainable_p"] for r in block])
+                for r, q, f in zip(block, adj, floor):
                     r["p_holm"] = float(q)
                     r["significant"] = bool(np.isfinite(q) and q < alpha)
-                    better_high = HIGHER_IS_BETTER.get(metric, True)
-                    r["cmp_worse"] = bool(np.isfinite(r["mean_diff"]) and (r["mean_diff"] < 0 if better_high else r["mean_diff"] > 0))
+                    r["underpowered"] = not (np.isfinite(f) and f < alpha)
                 rows.extend(block)
     return pd.DataFrame(rows, columns=list(DISCREPANCY_COLUMNS))
+
+
+def _paired_row(ref: np.ndarray, cmp: np.ndarray, both_failed: np.ndarray, key: dict[str, Any], n_boot: int,
+                seed: Sequence[int], level: float) -> dict[str, Any]:
+    """One discrepancy row from the subjects' values of two views (NaN: no value) and their failures."""
+    metric = key["metric"]
+    paired = np.isfinite(ref) & np.isfinite(cmp)
+    a, b, both = ref[paired], cmp[paired], both_failed[paired]
+    res = paired_comparison(a, b, n_boot=n_boot, seed=seed, level=level)
+    rec = {**key, **res.as_dict()}
+    k_worse = int(np.count_nonzero(worse(b - a, metric)))
+    n_both = int(both.sum())
+    rec.update(
+        k_worse=k_worse, n_compared=res.n, both_failed=bool(res.n and n_both == res.n),
+        sign_consistent=res.n >= 2 and res.n_nonzero == res.n and k_worse in (0, res.n),
+        cmp_worse=bool(np.isfinite(res.mean_diff) and worse(res.mean_diff, metric)),
+        dz_flag=bool(np.isfinite(res.effect_dz) and (res.n_nonzero < DZ_MIN_N or n_both > 0)),
+    )
+    notes = [rec["reason"]] if rec["reason"] else []
+    if res.n == 0:
+        notes = ["no subject with both views"]
+    if n_both:
+        notes.append(f"both views failed in {n_both} of {res.n} subjects")
+    if rec["dz_flag"]:
+        notes.append(f"d_z not interpretable: {res.n_nonzero} non-zero differences"
+                     + (", failures in both views" if n_both else ""))
+    rec["reason"] = "; ".join(notes)
+    return rec
 
 
 def _describe(values: np.ndarray, prefix: str) -> dict[str, float | int]:
@@ -162,8 +265,7 @@ def _status_counts(status: pd.Series, dice: np.ndarray, failure_dice: float) -> 
     s = status.to_numpy(dtype=str)
     counts = {f"n_{k}": int(np.sum(s == k)) for k in STATUSES}
     evaluable = np.isin(s, EVALUABLE)
-    with np.errstate(invalid="ignore"):
-        failed = evaluable & (np.isin(s, ONE_SIDED_EMPTY) | (dice < failure_dice))
+    failed = failed_rows(s, dice, failure_dice)
     n_eval = int(evaluable.sum())
     n_present = counts["n_ok"] + counts["n_missed"]
     counts["n_rows"] = int(s.size)

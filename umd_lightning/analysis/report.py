@@ -31,9 +31,13 @@ from .discrepancy import (
     sensitivity_table,
     view_summary,
 )
+from .exports import challenger_table, summary_json
 from .failure import OVER_RATIO, STRAY_MM, failure_figures, failure_modes, volume_agreement
 from .figures import FIGURE_DPI, FIGURE_FORMATS, main_figures, save_figure
+from .headline import PRIMARY_METRIC, headline_table
+from .methods import methods_block
 from .overlay import overlay_figures
+from .ranking import ranking_tables
 
 #: File names written into an analysis folder, by table.
 TABLE_FILES: dict[str, str] = {
@@ -44,8 +48,14 @@ TABLE_FILES: dict[str, str] = {
     "selected_cases": "selected_cases.csv",
     "failure_modes": "failure_modes.csv",
     "volume_agreement": "volume_agreement.csv",
+    "headline": "headline.csv",
+    "ranking": "ranking.csv",
+    "ranking_pairs": "ranking_pairs.csv",
+    "challenger": "challenger.csv",
 }
 META_FILE = "analysis.meta.json"
+#: nnU-Net-style summary of the cases (``exports.summary_json``).
+SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 FIGURE_DIR = "figures"
 
@@ -64,6 +74,11 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
     failure_modes: pd.DataFrame = field(default_factory=pd.DataFrame)
     volume_agreement: pd.DataFrame = field(default_factory=pd.DataFrame)
+    headline: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ranking: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ranking_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    challenger: pd.DataFrame = field(default_factory=pd.DataFrame)
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in TABLE_FILES}
@@ -91,6 +106,7 @@ def analyze(
     figures: bool = True,
     overlays: bool = False,
     reported: Mapping[str, Mapping[str, float]] | None = None,
+    mixed_metrics: Sequence[str] = (PRIMARY_METRIC,),
 ) -> Analysis:
     """Run the discrepancy analysis on a results table.
 
@@ -106,9 +122,11 @@ def analyze(
         overlays: also build best/median/worst overlays from the table's NIfTI paths (missing files
             are skipped with a note).
         reported: ``{model: {view or "overall": dice}}``; default from ``meta["reported_dice"]``.
+        mixed_metrics: metrics whose headline rows get the mixed-model check.
 
     Returns:
-        An :class:`Analysis`.
+        An :class:`Analysis`; ``meta["methods"]`` states the endpoint, tests, families, intervals,
+        voxel spacing and caveats (``methods.methods_block``).
 
     Raises:
         ValueError: on missing columns or an unknown ``meta["empty_policy"]``.
@@ -128,6 +146,11 @@ def analyze(
     disc = discrepancy_table(df, metrics, n_boot=n_boot, seed=seed, level=level, alpha=alpha)
     gap = generalisation_gap(df, reported)
     sens = sensitivity_table(df, policy, metrics, alpha=alpha, discrepancy_run=disc)
+    head = headline_table(df, metrics, n_boot=n_boot, seed=seed, level=level, alpha=alpha, mixed_metrics=mixed_metrics)
+    ranking, ranking_pairs = ranking_tables(df, metrics, n_boot=n_boot, seed=seed, level=level, alpha=alpha)
+    methods = methods_block(df, meta, disc, head, n_boot, level, alpha, mixed_metrics)
+    if methods["nsd_tolerance_note"]:
+        notes.append(methods["nsd_tolerance_note"])
     selected = select_cases(df, "dice")
     figs: dict[str, Figure] = main_figures(df, disc, gap, metrics) if figures else {}
     modes, agreement = failure_modes(df), volume_agreement(df, level=level)
@@ -143,10 +166,12 @@ def analyze(
                      "empty_policy": policy, "models": models,
                      "n_subjects": int(df["subject_id"].nunique()), "n_rows": int(len(df)),
                      "failure_modes": {"over_segmented_ratio": OVER_RATIO, "stray_component_mm": STRAY_MM}},
+        "methods": methods,
         "notes": notes,
     }
     return Analysis(disc, view_summary(df, metrics), gap, sens, selected, figs, info, notes,
-                    failure_modes=modes, volume_agreement=agreement)
+                    failure_modes=modes, volume_agreement=agreement, headline=head, ranking=ranking,
+                    ranking_pairs=ranking_pairs, challenger=challenger_table(df, metrics), summary=summary_json(df))
 
 
 def write_analysis(
@@ -166,7 +191,8 @@ def write_analysis(
         dpi: PNG resolution.
 
     Returns:
-        ``{"tables": {name: path}, "figures": {name: path}, "meta": path, "report": path | None}``.
+        ``{"tables": {name: path}, "figures": {name: path}, "meta": path, "report": path | None,
+        "summary": path of summary.json | None}``.
     """
     out = Path(out_dir)
     (out / FIGURE_DIR).mkdir(parents=True, exist_ok=True)
@@ -175,11 +201,15 @@ def write_analysis(
         path = out / TABLE_FILES[name]
         table.to_csv(path, index=False)
         tables[name] = path
+    summary = None
+    if analysis.summary:
+        summary = out / SUMMARY_FILE
+        summary.write_text(json.dumps(analysis.summary, indent=1, allow_nan=False))
     figures = write_figures(analysis.figures, out, dpi=dpi)
     meta_path = out / META_FILE
     meta_path.write_text(json.dumps(analysis.meta, indent=2, default=str))
     report = write_report(out, title=title) if write_report_html else None
-    return {"tables": tables, "figures": figures, "meta": meta_path, "report": report}
+    return {"tables": tables, "figures": figures, "meta": meta_path, "report": report, "summary": summary}
 
 
 def write_figures(figs: Mapping[str, Figure], out_dir: str | Path, dpi: int = FIGURE_DPI,
