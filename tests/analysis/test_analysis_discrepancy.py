@@ -241,3 +241,57 @@ def test_select_cases_takes_paths_from_their_aliases():
     sel = select_cases(df).set_index("which")
     assert sel.loc["best", ["image", "label", "prediction"]].tolist() == ["/i1.nii.gz", "/l1.nii.gz", "/p1.nii.gz"]
     assert sel.loc["worst", "label"] == "/l2.nii.gz"
+
+
+# --------------------------------------------------------------------------- small samples (issue 16)
+
+
+def planted_table(n_subjects: int, shift: float = -0.3, organs=("liver", "spleen"), seed: int = 0) -> pd.DataFrame:
+    """CT Dice around 0.85, PET_CT the same subjects shifted by ``shift``, plus noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_subjects):
+        for organ in organs:
+            ct = 0.85 + rng.normal(0, 0.03)
+            rows.append(row(f"s{s:02d}", "CT", organ, ct))
+            rows.append(row(f"s{s:02d}", "PET_CT", organ, ct + shift + rng.normal(0, 0.05)))
+    return pd.DataFrame(rows)
+
+
+def test_four_subjects_are_underpowered_and_say_so():
+    df = planted_table(4)
+    d = discrepancy_table(df, ["dice"], n_boot=200).set_index("organ")
+    for organ in ("liver", "spleen"):
+        r = d.loc[organ]
+        diffs = df[(df.organ == organ) & (df.view == "PET_CT")]["dice"].to_numpy() - df[(df.organ == organ) & (df.view == "CT")]["dice"].to_numpy()
+        assert r.n_nonzero == 4 and r.min_attainable_p == pytest.approx(sps.wilcoxon(diffs).pvalue)  # all worse: 0.125
+        assert bool(r.underpowered) and not bool(r.significant)
+        assert (r.k_worse, r.n_compared) == (int((diffs < 0).sum()), 4) and bool(r.sign_consistent)
+        ci = sps.ttest_1samp(diffs, 0).confidence_interval(0.95)
+        assert r.ci_method == "t" and (r.ci_low, r.ci_high) == pytest.approx((ci.low, ci.high))
+        assert bool(r.dz_flag) and "d_z not interpretable" in r.reason  # n = 4 < 5
+        assert not bool(r.both_failed)
+
+
+def test_twelve_subjects_with_a_planted_shift_are_not_underpowered():
+    d = discrepancy_table(planted_table(12), ["dice"], n_boot=300).set_index("organ")
+    assert not d["underpowered"].any() and d["significant"].all()
+    assert (d["ci_method"] == "BCa bootstrap").all()
+    assert ((d["ci_low"] < d["mean_diff"]) & (d["mean_diff"] < d["ci_high"])).all()
+    assert (d["mean_diff"] - -0.3).abs().max() < 0.05  # noise sd 0.05 per subject, 12 subjects
+    assert not d["dz_flag"].any() and (d["k_worse"] == 12).all()
+
+
+def test_zero_differences_of_failures_in_both_views_are_flagged_not_called_no_difference():
+    # liver: s1 differs, s2-s4 failed in both views (Dice 0 and missed): differences (x, 0, 0, 0)
+    rows = [row("s1", "CT", "liver", 0.9), row("s1", "PET_CT", "liver", 0.5)]
+    for s in ("s2", "s3", "s4"):
+        rows += [row(s, "CT", "liver", 0.0), row(s, "PET_CT", "liver", 0.0, status="missed", hd95=500.0)]
+    rows += [row(s, v, "spleen", 0.0, status="missed", hd95=500.0) for s in ("s1", "s2") for v in ("CT", "PET_CT")]
+    d = discrepancy_table(pd.DataFrame(rows), ["dice"], n_boot=50).set_index("organ")
+    liver, spleen = d.loc["liver"], d.loc["spleen"]
+    assert (liver.n, liver.n_nonzero) == (4, 1)
+    assert liver.p == pytest.approx(sps.wilcoxon([-0.4, 0, 0, 0]).pvalue) and liver.min_attainable_p == 1.0
+    assert bool(liver.dz_flag) and not bool(liver.both_failed) and "both views failed in 3 of 4" in liver.reason
+    assert not bool(liver.sign_consistent) and liver.k_worse == 1
+    assert bool(spleen.both_failed) and spleen.mean_diff == 0.0 and np.isnan(spleen.p)
