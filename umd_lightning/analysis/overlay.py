@@ -350,7 +350,8 @@ def overlay_figure(
             lab, prd = display(planes.label[plane]), display(planes.prediction[plane])
             present |= set(np.unique(lab).tolist()) | set(np.unique(prd).tolist())
             rgb = compose(display(planes.image[plane]), lab, prd, window, colors)
-            ax.imshow(rgb, origin="lower", aspect=planes.aspect[plane], interpolation="nearest")
+            # "none": an SVG embeds the picture at its own resolution (no 150-dpi resampling); PNG draws it nearest
+            ax.imshow(rgb, origin="lower", aspect=planes.aspect[plane], interpolation="none")
             _annotate_panel(ax, planes, plane, lab.shape)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -180,6 +180,7 @@ def write_analysis(
     write_report_html: bool = True,
     title: str | None = None,
     dpi: int = FIGURE_DPI,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Write tables (CSV), figures (``figures/<name>.png`` and ``.svg``), metadata and optionally the report.
 
@@ -189,6 +190,7 @@ def write_analysis(
         write_report_html: also render ``report.html``.
         title: report title.
         dpi: PNG resolution.
+        processes: processes that save figures (see :func:`write_figures`).
 
     Returns:
         ``{"tables": {name: path}, "figures": {name: path}, "meta": path, "report": path | None,
@@ -205,7 +207,7 @@ def write_analysis(
     if analysis.summary:
         summary = out / SUMMARY_FILE
         summary.write_text(json.dumps(analysis.summary, indent=1, allow_nan=False))
-    figures = write_figures(analysis.figures, out, dpi=dpi)
+    figures = write_figures(analysis.figures, out, dpi=dpi, processes=processes)
     meta_path = out / META_FILE
     meta_path.write_text(json.dumps(analysis.meta, indent=2, default=str))
     report = write_report(out, title=title) if write_report_html else None
@@ -213,11 +215,55 @@ def write_analysis(
 
 
 def write_figures(figs: Mapping[str, Figure], out_dir: str | Path, dpi: int = FIGURE_DPI,
-                  formats: Sequence[str] = FIGURE_FORMATS) -> dict[str, Path]:
-    """Save each figure as ``out_dir/figures/<name>.png`` (``dpi``) and ``.svg``; returns ``{name: png path}``."""
+                  formats: Sequence[str] = FIGURE_FORMATS, processes: int = 1) -> dict[str, Path]:
+    """Save each figure as ``out_dir/figures/<name>.png`` (``dpi``) and ``.svg``; returns ``{name: png path}``.
+
+    Args:
+        figs: figures by file stem.
+        out_dir: analysis folder.
+        dpi: PNG resolution.
+        formats: file formats.
+        processes: with more than one (and where processes can be forked), forked children save a
+            share of the figures each: they inherit the figures, nothing is pickled, and the 300-dpi
+            rendering, most of the analysis' time, runs on every core.
+
+    Raises:
+        RuntimeError: a child process failed to save its share.
+    """
+    import multiprocessing as mp
+
     fig_dir = Path(out_dir) / FIGURE_DIR
     fig_dir.mkdir(parents=True, exist_ok=True)
-    return {name: save_figure(fig, fig_dir / name, dpi=dpi, formats=formats)["png"] for name, fig in figs.items()}
+    paths = {name: fig_dir / f"{name}.png" for name in figs}
+    shares = _shares(figs, processes)
+
+    def save(share: Sequence[str]) -> None:
+        for name in share:
+            save_figure(figs[name], fig_dir / name, dpi=dpi, formats=formats)
+
+    if len(shares) < 2 or "fork" not in mp.get_all_start_methods():
+        save(list(figs))
+        return paths
+    children = [mp.get_context("fork").Process(target=save, args=(share,), daemon=True) for share in shares[1:]]
+    for child in children:
+        child.start()
+    save(shares[0])
+    for child, share in zip(children, shares[1:]):
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"saving figures {', '.join(share)} failed (exit code {child.exitcode})")
+    return paths
+
+
+def _shares(figs: Mapping[str, Figure], processes: int) -> list[list[str]]:
+    """Figure names split into ``processes`` shares of about equal drawing work (axes count as the cost)."""
+    shares: list[list[str]] = [[] for _ in range(max(1, min(int(processes), len(figs))))]
+    load = [0] * len(shares)
+    for name in sorted(figs, key=lambda n: -len(figs[n].axes)):  # largest first, each to the lightest share
+        k = load.index(min(load))
+        shares[k].append(name)
+        load[k] += len(figs[name].axes) + 1
+    return [s for s in shares if s]
 
 
 # --------------------------------------------------------------------------- combining tables
@@ -284,7 +330,7 @@ figcaption{font-size:12px;color:#555}
 .meta td{text-align:left}.note{color:#8a4b00}
 #headline p.lead{font-size:1.15em;background:#f5f9ff;border-left:4px solid #0072B2;padding:.5em .8em}
 dl.methods dt{font-weight:600;margin-top:.4em}dl.methods dd{margin-left:1.5em}
-details summary{cursor:pointer;font-weight:600;margin:.5em 0}
+details summary{cursor:pointer;font-weight:600;margin:.5em 0}.scroll{overflow-x:auto}
 """
 
 _FIGURE_ORDER = ("forest", "slope", "heatmap", "overlay", "dice_vs_volume", "bland_altman", "suv_agreement",
@@ -372,7 +418,7 @@ def _table_html(df: pd.DataFrame | None, highlight: str | None = None, digits: i
         cells = "".join(f"<td>{_cell(row[c], digits)}</td>" for c in cols)
         sig = highlight is not None and bool(row.get(highlight, False)) is True
         body.append(f"<tr{' class=sig' if sig else ''}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def _figure_kind(name: str) -> str:
@@ -403,7 +449,10 @@ def headline_sentences(tables: Mapping[str, pd.DataFrame | None]) -> tuple[list[
         order = {"dice": 0, "nsd": 1, "hd95": 2}
         h = head.assign(_m=head["metric"].map(order).fillna(9) if "metric" in head.columns else 0)
         h = h.sort_values("_m", kind="stable")
-        return [str(x) for x in h["sentence"].dropna() if str(x).strip()], "headline"
+        h = h[h["sentence"].notna() & h["sentence"].astype(str).str.strip().ne("")]
+        if "metric" in h.columns:  # Dice first, then the other metrics behind a fold
+            h = pd.concat([h[h["metric"] == "dice"], h[h["metric"] != "dice"]])
+        return [str(x) for x in h["sentence"]], "headline"
     disc = tables.get("discrepancy")
     if disc is None or disc.empty:
         return [], ""
@@ -474,6 +523,18 @@ def caveats(run_dir: Path, info: Mapping[str, Any], tables: Mapping[str, pd.Data
     return out
 
 
+def _spacing_text(spacing: Any) -> Any:
+    """``{"CT": {"min": 3, "max": 4}}`` as ``CT 3-4``; anything else as given."""
+    if not isinstance(spacing, Mapping):
+        return spacing
+    parts = []
+    for view, r in spacing.items():
+        lo, hi = (r.get("min"), r.get("max")) if isinstance(r, Mapping) else (r, r)
+        parts.append(f"{view} {lo:g}" + (f"-{hi:g}" if hi != lo else "") if isinstance(lo, (int, float))
+                     and isinstance(hi, (int, float)) else f"{view} {r}")
+    return ", ".join(parts)
+
+
 def _methods_html(info: Mapping[str, Any]) -> str:
     methods = info.get("methods", {}) or {}
     rmeta = info.get("results_meta", {}) or {}
@@ -493,9 +554,9 @@ def _methods_html(info: Mapping[str, Any]) -> str:
         ("Alpha", methods.get("alpha", ameta.get("alpha"))),
         ("Empty-mask policy", rmeta.get("empty_policy_rule") or ameta.get("empty_policy")),
         ("HD95", rmeta.get("hd_rule")),
-        ("NSD", " ".join(str(x) for x in (f"tolerance {rmeta.get('nsd_tolerance_mm', '?')} mm;",
-                                          methods.get("nsd_tolerance_note") or "", rmeta.get("nsd_rule") or ""))),
-        ("Voxel spacing (mm)", methods.get("voxel_spacing_mm")),
+        ("NSD", "; ".join(str(x) for x in (f"tolerance {rmeta.get('nsd_tolerance_mm', '?')} mm",
+                                           methods.get("nsd_tolerance_note"), rmeta.get("nsd_rule")) if x)),
+        ("Voxel spacing (mm)", _spacing_text(methods.get("voxel_spacing_mm"))),
         ("Subjects needed", methods.get("subjects_needed")),
         ("Paired differences", "compared - reference over subjects with both views: for Dice and NSD negative "
                                "means worse on the compared view, for HD95 positive does."),
@@ -545,8 +606,12 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
     sentences, source = headline_sentences(t)
     parts.append("<section id='headline'><h2>Headline</h2>")
     if sentences:
+        n_lead = sum(1 for s in sentences if "Dice" in s) or len(sentences)
         parts += [f"<p class='lead'>{html.escape(s)}</p>" for s in sentences[:1]]
-        parts += [f"<p>{html.escape(s)}</p>" for s in sentences[1:]]
+        parts += [f"<p>{html.escape(s)}</p>" for s in sentences[1:n_lead]]
+        if sentences[n_lead:]:
+            parts.append("<details><summary>the other metrics</summary>"
+                         + "".join(f"<p>{html.escape(s)}</p>" for s in sentences[n_lead:]) + "</details>")
         if source == "discrepancy":
             parts.append("<p class='note'>headline.csv is absent: these are organ averages of the discrepancy "
                          "table, without a subject-clustered interval.</p>")

@@ -299,7 +299,8 @@ class RunAnalysis:
                 table, dict(meta), metrics=self.metrics, n_boot=self.n_boot, seed=self.seed, level=self.level,
                 alpha=self.alpha, figures=self.figures, overlays=False,
             )
-            written = write_analysis(analysis, out_dir, write_report_html=False, dpi=self.dpi)
+            # figures saved by two processes beside the overlay worker: both cores busy until the end
+            written = write_analysis(analysis, out_dir, write_report_html=False, dpi=self.dpi, processes=2)
             cases: dict = {}
             if future is not None:
                 overlays, skipped, cases = future.result()
