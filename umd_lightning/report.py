@@ -5,9 +5,10 @@ Usage::
     python -m umd_lightning.report RESULTS [RESULTS ...] --out DIR [--n-boot 2000] [--seed 0]
 
 Each RESULTS is a ``results.csv`` / ``results.parquet`` (with its ``results.meta.json``) or a run
-folder holding one. Several tables (e.g. several models' runs) are analysed side by side. Writes the
-tables (``discrepancy.csv`` ...), ``figures/*.png`` and ``report.html`` into DIR. Never re-runs a
-model.
+folder holding one. Several tables (e.g. several models' runs) are analysed side by side (rankings
+per view). Writes the tables (``discrepancy.csv``, ``headline.csv``, ``ranking.csv`` ...),
+``summary.json``, ``figures/*.png`` and ``report.html`` into DIR and prints the Dice headline. Never
+re-runs a model.
 """
 
 from __future__ import annotations
@@ -61,13 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    d = analysis.discrepancy
-    dice = d[d["metric"] == "dice"]
+    head = analysis.headline
+    dice = head[head["metric"] == "dice"] if len(head) else head
     if len(dice):
-        summary = dice.groupby(["model", "pair_kind"], sort=False).agg(
-            mean_diff=("mean_diff", "mean"), organs_significant=("significant", "sum"), organs=("organ", "size"))
-        print("Mean paired Dice difference (compared - reference), macro over organs:")
-        print(summary.to_string(float_format=lambda v: f"{v:+.3f}"))
+        print("Headline (organ-averaged paired Dice difference, compared - reference):")
+        for sentence in dice["sentence"]:
+            print(f"  {sentence}")
+    rank = analysis.ranking
+    if len(rank) and rank["model"].nunique() > 1:
+        dice_rank = rank[rank["metric"] == "dice"]
+        print("Dice ranking per view (rank, bootstrap rank interval, change from the structural view):")
+        print(dice_rank[["view", "model", "mean", "rank", "rank_ci_low", "rank_ci_high", "p_first",
+                         "rank_change_vs_ref"]].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     for note in analysis.notes:
         print(f"note: {note}")
     print(f"{len(written['tables'])} tables and {len(written['figures'])} figures in {args.out}")
