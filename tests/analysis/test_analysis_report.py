@@ -265,7 +265,8 @@ def test_cli_module_entry_point_runs(tmp_path):
                           "--no-figures", "--n-boot", "50"], capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[2])
     assert res.returncode == 0, res.stderr
-    assert "CT_vs_PET_CT" in res.stdout and (tmp_path / "o" / "report.html").is_file()
+    assert "On PET_CT, m1's Dice is" in res.stdout and (tmp_path / "o" / "report.html").is_file()
+    assert (tmp_path / "o" / "headline.csv").is_file() and (tmp_path / "o" / "summary.json").is_file()
 
 
 def test_a_table_written_by_the_results_contract_is_analysed_by_the_report_cli(tmp_path):
