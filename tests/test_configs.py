@@ -62,6 +62,33 @@ def test_layouts_do_not_import_the_datamodule():
     assert out.strip() == "False"
 
 
+def test_small_transfer_matrix_sweep_composes_every_run_at_its_small_size(cache_dir, tmp_path):
+    """Each run of conf/transfer_matrix_small.yaml's sweep, composed as Hydra's sweeper composes it (the
+    sweep's values as overrides after the recipe): the small settings win over each recipe's own."""
+    from itertools import product
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    params = OmegaConf.load(config_dir() / "transfer_matrix_small.yaml").hydra.sweeper.params
+    parent = OmegaConf.load(config_dir() / "transfer_matrix.yaml").hydra.sweeper.params
+    sweep = {**parent, **params}
+    choices = [[f"{k}={v}" for v in str(value).split(",")] if "[" not in str(value) else [f"{k}={value}"]
+               for k, value in sweep.items()]
+    runs = list(product(*choices))
+    assert len(runs) == 10
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for overrides in runs:
+            cfg = compose("transfer_matrix_small", overrides=[*overrides, f"paths.output_dir={tmp_path}",
+                                                              f"paths.cache_dir={cache_dir}"])
+            assert cfg.train and cfg.trainer.max_steps == 20 and cfg.data.source.n_subjects == 4
+            assert cfg.module.scheduler.total_iters == 20 and list(cfg.data.patch_size) == [32, 32, 32]
+        # what a multirun composes once before its jobs: the sweep config without a recipe
+        assert compose("transfer_matrix", overrides=["trainer.max_steps=3"]).trainer.max_steps == 3
+    GlobalHydra.instance().clear()
+
+
 def test_shipped_reference_checkpoint_loads(compose_cfg):
     cfg = compose_cfg("+experiment=zero_shot_pet", tiny=False)
     checkpoint = Path(cfg.model.checkpoint)
