@@ -44,3 +44,21 @@ def test_dicom_without_highdicom_fails_the_series_naming_the_extra(monkeypatch, 
     with pytest.raises(DicomError, match=r"x\.dcm: reading DICOM SEG and multi-frame images needs the package "
                        r"'highdicom'.*pip install 'umd_lightning\[dicom\]'"):
         read_enhanced(tmp_path / "x.dcm")
+
+
+def test_convert_prints_the_extra_in_full(monkeypatch, tmp_path, capsys):
+    """The CLI line keeps the brackets of 'umd_lightning[dicom]' (they are not rich markup)."""
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    from umd_lightning import convert as convert_cli
+
+    files = sorted((Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N").iterdir())
+    hd.legacy.LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(str(f)) for f in files], series_instance_uid=hd.UID(), series_number=99,
+        sop_instance_uid=hd.UID(), instance_number=1,
+    ).save_as(tmp_path / "enhanced.dcm")
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    assert convert_cli.main([str(tmp_path / "enhanced.dcm"), str(tmp_path / "out")]) == 2  # nothing converted
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "install the extra: pip install 'umd_lightning[dicom]'" in err

@@ -108,6 +108,7 @@ def check_manifest(
 
 def print_findings(findings: Sequence[Finding], manifest: Manifest, *, console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape  # problems hold brackets ('umd_lightning[dicom]') that are not markup
     from rich.table import Table
 
     console = console or Console()
@@ -120,7 +121,7 @@ def print_findings(findings: Sequence[Finding], manifest: Manifest, *, console=N
         table.add_column("problem", overflow="fold")
         for f in findings:
             style = "red" if f.level == "error" else "yellow"
-            table.add_row(f.case_id, f"[{style}]{f.level}[/{style}]", f.path, f.problem)
+            table.add_row(escape(f.case_id), f"[{style}]{f.level}[/{style}]", escape(f.path), escape(f.problem))
         console.print(table)
     n_subjects = len(manifest.subjects)
     views = sorted({r.view for r in manifest})
@@ -168,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             manifest = load_layout(args.layout, args.root, **{"organ_set": args.organ_set, **dict(args.option)})
         get_organ_set(args.organ_set)
     except (ManifestError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
     findings = check_manifest(
         manifest, args.organ_set, require_labels=not args.allow_missing_labels, pet_units=not args.no_pet_units

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_results(results: Sequence[ConvertResult], console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(width=160)
@@ -58,7 +59,7 @@ def print_results(results: Sequence[ConvertResult], console=None) -> None:
             "" if r.output is None else str(r.output),
             "" if r.shape is None else "x".join(map(str, r.shape)),
             "" if r.spacing is None else "x".join(f"{s:g}" for s in r.spacing),
-            r.message + (f" (factor {r.suv_factor:.6g})" if r.suv_factor is not None else ""),
+            escape(r.message) + (f" (factor {r.suv_factor:.6g})" if r.suv_factor is not None else ""),
         )
     console.print(table)
 
@@ -66,6 +67,7 @@ def print_results(results: Sequence[ConvertResult], console=None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the conversion; return the exit status."""
     from rich.console import Console
+    from rich.markup import escape  # messages hold brackets ('umd_lightning[dicom]') that are not markup
 
     args = build_parser().parse_args(argv)
     err = Console(stderr=True, soft_wrap=True)
@@ -80,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             written = map_label_file(args.src, out, args.label_map, args.organ_set)
         except (ManifestError, FileNotFoundError, ValueError) as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
             return 2
         Console().print(f"{args.src} -> {written} ({args.label_map} -> {args.organ_set})")
         return 0
@@ -89,12 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.src, args.out, suv=not args.no_suv, label_map=args.label_map, organ_set=args.organ_set
         )
     except (DicomError, FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
     print_results(results)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
-        err.print(f"[red]failed:[/red] {r.message}")
+        err.print(f"[red]failed:[/red] {escape(r.message)}")
     if failed and not any(r.status == "ok" for r in results):
         return 2  # nothing usable came out of SRC
     return 1 if failed else 0
