@@ -260,7 +260,11 @@ def test_zero_shot_pet_run_writes_its_analysis_and_wandb_run_by_default(compose_
     out = Path(cfg.paths.output_dir)
     assert (out / "discrepancy.csv").is_file() and (out / "report.html").is_file()
     pngs = {p.stem for p in (out / "figures").glob("*.png")}
-    assert {"slope_unet_ct_dice", "heatmap_unet_ct_dice", "forest_unet_ct_dice", "reported_vs_measured"} <= pngs
+    assert {"slope_unet_ct_dice", "heatmap_unet_ct_dice", "forest_unet_ct_dice"} <= pngs
+    # the reference UNet reports no Dice: no reported-vs-measured figure rather than an empty one
+    assert json.loads((out / "results.meta.json").read_text())["reported_dice"] == {}
+    assert "reported_vs_measured" not in pngs
+    assert {p.stem for p in (out / "figures").glob("*.svg")} == pngs
     run_dirs = list((out / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1 and list(run_dirs[0].glob("run-*.wandb"))
     tables = {p.name.rsplit("_", 2)[0] for p in (run_dirs[0] / "files" / "media" / "table").rglob("*.table.json")}
