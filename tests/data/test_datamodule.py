@@ -87,7 +87,7 @@ def test_eval_items_in_physical_units_and_stacked_for_a_multichannel_model(tiny_
     for b in items:
         anat, pet = by_view[b["view"][0]], by_view[f"PET_{b['view'][0]}"]
         assert b["image"].shape[:2] == (1, 2) and b["image"].shape[2:] == anat["image"].shape[2:]
-        torch.testing.assert_close(b["image"][:, :1], anat["image"])
+        torch.testing.assert_close(b["image"][:, :1], anat["image"].float())  # the CT stored int16, stacked as float32
         torch.testing.assert_close(b["image"][:, 1:], pet["image"])
         torch.testing.assert_close(b["label"], anat["label"])
 
@@ -123,3 +123,62 @@ def test_epoch_batches_revisits_sessions_in_shuffled_rounds(tiny_cohort, cache_d
     assert len(counts) == sessions and max(counts.values()) - min(counts.values()) <= 1
     with pytest.raises(ValueError, match="epoch_batches"):
         _dm(cache_dir, epoch_batches=0)
+
+
+def test_eval_volumes_keep_their_stored_dtypes(tiny_cohort, cache_dir):
+    """A clinical session is held at the dtype it is stored in: the CT as its int16 file holds it, the
+    label as uint8; only the PET, resampled onto the label grid, is float32."""
+    import nibabel as nib
+
+    dm = _dm(cache_dir)
+    dm.setup("test")
+    by_view = {b["view"][0]: b for b in dm.test_dataloader()}
+    ct = by_view["CT"]
+    stored = nib.load(ct["image_path"][0])
+    assert stored.get_data_dtype() == np.int16 and ct["image"].dtype == torch.int16
+    # the same numbers as the file (the CT session is stored RAS: no flip), not a float copy of them
+    np.testing.assert_array_equal(ct["image"][0, 0].numpy(), np.asanyarray(stored.dataobj))
+    for view, b in by_view.items():
+        assert b["label"].dtype == torch.uint8, view
+        np.testing.assert_array_equal(np.unique(b["label"].numpy()), np.unique(np.asanyarray(nib.load(b["label_path"][0]).dataobj)))
+    assert by_view["PET_CT"]["image"].dtype == by_view["PET_MRI"]["image"].dtype == torch.float32
+    assert by_view["MRI"]["image"].dtype == torch.float32  # stored float32
+
+
+def test_evaluation_caches_no_session_and_training_cache_is_bounded(tiny_cohort, cache_dir):
+    """Evaluation reads each case when it comes (a plain Dataset of paths, a new tensor at every read);
+    training caches only the sessions that fit in train_cache_gb, and nothing once fit is over."""
+    import nibabel as nib
+    from monai.data import CacheDataset
+
+    dm = _dm(cache_dir)
+    dm.setup("test")
+    dataset = dm.test_dataloader().dataset
+    assert not isinstance(dataset, CacheDataset)
+    assert all(isinstance(v, str) for item in dataset.data for v in item.values())  # paths and names only
+    first, again = dataset[0], dataset[0]
+    assert first["image"].data_ptr() != again["image"].data_ptr()
+    assert dm.test_dataloader().prefetch_factor is None  # no worker: nothing read ahead
+
+    items = _dm(cache_dir, train_views=["CT", "MRI"])
+    items.setup("test")
+    sessions = items._paired_items("train")
+    # one session cached = its label grid's voxels x (float32 scan + float32 PET + uint8 label)
+    one = int(np.prod(nib.load(sessions[0]["label"]).shape)) * 9
+    dm = _dm(cache_dir, train_views=["CT", "MRI"], train_cache_gb=(one + 1) / 2**30)
+    dm.setup("fit")
+    assert len(sessions) > 1 and dm._train_ds.cache_num == 1 and len(dm._train_ds._cache) == 1
+    assert dm._train_ds._cache[0]["label"].dtype == torch.uint8
+    assert next(iter(dm.train_dataloader()))["label"].dtype == torch.int64  # patches for the loss
+    train_ds = dm._train_ds
+    dm.teardown("fit")
+    assert train_ds.cache_num == 0 and len(train_ds._cache) == 0
+    with pytest.raises(ValueError, match="train_cache_gb"):
+        _dm(cache_dir, train_cache_gb=-1)
+
+
+def test_eval_loader_reads_one_case_ahead(tiny_cohort, cache_dir):
+    dm = _dm(cache_dir, num_workers=1)
+    dm.setup("test")
+    loader = dm.test_dataloader()
+    assert loader.num_workers == 1 and loader.prefetch_factor == 1

@@ -14,7 +14,7 @@ from torch.utils.data import DistributedSampler
 
 from umd_lightning.data.manifest import Manifest, ManifestError, Problem, ScanRecord, read_manifest, validate_manifest
 from umd_lightning.data.splits import few_shot, split_subjects, write_split_file
-from umd_lightning.data.transforms import eval_transforms, paired_load_transforms, paired_patch_transforms
+from umd_lightning.data.transforms import eval_transforms, label_dtype, paired_load_transforms, paired_patch_transforms
 from umd_lightning.organs import ANATOMICAL_VIEWS, SESSION_VIEWS, VIEWS, anatomical_view, check_view, get_organ_set, pet_view
 from umd_lightning.paths import path_problem
 
@@ -74,7 +74,12 @@ class UMDDataModule(L.LightningDataModule):
             rounds; None = one pass over the training sessions. A few-session epoch empties the
             workers' prefetch queue at every boundary and the GPU waits for the first batch of the
             next (nnU-Net: 250 batches per epoch).
-        num_workers: dataloader workers.
+        num_workers: dataloader workers. An evaluation worker prepares one case ahead (prefetch 1):
+            more would hold further whole clinical-size sessions for no gain, the network being slower.
+        train_cache_gb: memory for training sessions held after their deterministic transforms (MONAI
+            ``CacheDataset``), estimated from each session's label grid (float32 scan and PET, uint8
+            label, at ``train_spacing``); sessions past it are loaded at every visit. Evaluation
+            caches nothing: each case is read, scored and dropped.
         intensity: per-modality normalisation of training patches: the network's own
             (:class:`~umd_lightning.intensity.IntensityConfig`); evaluation volumes stay in physical units.
         train_spacing: resample training sessions to this spacing (mm); None keeps the label grid.
@@ -102,6 +107,7 @@ class UMDDataModule(L.LightningDataModule):
         batch_size: int = 2,
         epoch_batches: int | None = None,
         num_workers: int = 0,
+        train_cache_gb: float = 4.0,
         intensity: Mapping[str, Any] | None = None,
         train_spacing: Sequence[float] | None = None,
         validate: bool = True,
@@ -132,6 +138,9 @@ class UMDDataModule(L.LightningDataModule):
             raise ValueError(f"epoch_batches must be a positive number of batches or None, got {epoch_batches!r}")
         self.epoch_batches = None if epoch_batches is None else int(epoch_batches)
         self.num_workers = int(num_workers)
+        if float(train_cache_gb) < 0:
+            raise ValueError(f"train_cache_gb must be >= 0, got {train_cache_gb!r}")
+        self.train_cache_gb = float(train_cache_gb)
         self.intensity = dict(intensity or {})
         self.train_spacing = None if train_spacing is None else tuple(float(s) for s in train_spacing)
         self.validate = validate
@@ -251,11 +260,25 @@ class UMDDataModule(L.LightningDataModule):
         # as random, which would leave nothing cached and re-read every NIfTI each epoch.
         transform = Compose(
             [
-                paired_load_transforms(self.intensity, self.train_spacing),
+                paired_load_transforms(self.intensity, self.train_spacing, label_dtype(max(self.organ_set.labels))),
                 paired_patch_transforms(self.patch_size, self.samples_per_volume),
             ]
         ).flatten()
-        return CacheDataset(items, transform=transform, cache_rate=1.0, num_workers=None, progress=False)
+        cache_num = sessions_within(items, self.train_cache_gb * 2**30, self.train_spacing)
+        if cache_num < len(items):
+            log.info("%s: %d of %d sessions cached in memory (data.train_cache_gb=%g); the others are read at each visit",
+                     split, cache_num, len(items), self.train_cache_gb)
+        return CacheDataset(items, transform=transform, cache_num=cache_num, num_workers=None, progress=False)
+
+    def teardown(self, stage: str) -> None:
+        # The trainer keeps its fit loaders after fit: empty their caches so an evaluation that
+        # follows holds no training sessions.
+        if stage == "fit":
+            for dataset in (self._train_ds, self._val_ds):
+                if dataset is not None:
+                    dataset.set_num = 0
+                    dataset.set_data(dataset.data)
+            self._train_ds = self._val_ds = None
 
     def _loader(self, dataset, *, shuffle: bool, batch_size: int) -> DataLoader:
         sampler = None
@@ -340,7 +363,10 @@ class UMDDataModule(L.LightningDataModule):
             for r in records
         ]
         channels = max(1, len(self.channels))
-        return DataLoader(Dataset(items, eval_transforms(channels)), batch_size=1, num_workers=self.num_workers)
+        transform = eval_transforms(channels, label_dtype=label_dtype(max(self.organ_set.labels)))
+        # A plain Dataset: each whole volume is read when its case comes and dropped once scored.
+        prefetch = {"prefetch_factor": 1} if self.num_workers > 0 else {}
+        return DataLoader(Dataset(items, transform), batch_size=1, num_workers=self.num_workers, **prefetch)
 
     def _channel_paths(self, record: ScanRecord) -> list[str]:
         """The session's scans a multi-channel model takes, in its channel order."""
@@ -356,6 +382,29 @@ class UMDDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader()
+
+
+def session_bytes(item: Mapping[str, Any], spacing: Sequence[float] | None) -> int:
+    """Bytes one cached training session holds: its anatomical scan and PET as float32 and its label
+    as uint8 on the label grid (resampled to ``spacing`` mm when given), from the label's header."""
+    import nibabel as nib
+    import numpy as np
+
+    header = nib.load(str(item["label"])).header
+    shape = np.asarray(header.get_data_shape()[:3], dtype=np.float64)
+    if spacing is not None:
+        shape = np.ceil(shape * np.asarray(header.get_zooms()[:3], dtype=np.float64) / np.asarray(spacing, dtype=np.float64))
+    return int(np.prod(shape)) * (4 + 4 + 1)
+
+
+def sessions_within(items: Sequence[Mapping[str, Any]], budget_bytes: float, spacing: Sequence[float] | None) -> int:
+    """How many of ``items`` (in order) fit in ``budget_bytes`` once cached."""
+    total = 0
+    for n, item in enumerate(items):
+        total += session_bytes(item, spacing)
+        if total > budget_bytes:
+            return n
+    return len(items)
 
 
 class _Repeat(TorchDataset):

@@ -11,6 +11,7 @@ from typing import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     ConcatItemsd,
@@ -22,12 +23,12 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    ResampleToMatch,
     SpatialPadd,
     Spacingd,
     Transform,
 )
 
+from umd_lightning.grids import resample
 from umd_lightning.intensity import IntensityConfig, normalise_view
 from umd_lightning.organs import check_view
 
@@ -77,50 +78,86 @@ class ResampleToLabeld(MapTransform):
     """Resample images onto ``key_dst``'s grid in world coordinates; a no-op where grids already agree.
 
     A PET keeps its own coarse grid on disk; evaluation and paired training need it on the label grid.
+    Trilinear with zeros outside (MONAI's ``ResampleToMatch``), by :func:`umd_lightning.grids.resample`
+    in one pass and bounded memory; the output is float32 with the label's affine.
     """
 
     def __init__(self, keys: KeysCollection, key_dst: str = "label", mode: str = "bilinear") -> None:
         super().__init__(keys)
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"ResampleToLabeld: mode must be 'bilinear' or 'nearest', got {mode!r}")
         self.key_dst = key_dst
-        self.op = ResampleToMatch(mode=mode, padding_mode="zeros")
+        self.mode = "linear" if mode == "bilinear" else "nearest"
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         dst = d[self.key_dst]
+        dst_affine = torch.as_tensor(dst.affine, dtype=torch.float64)
         for key in self.key_iterator(d):
             src = d[key]
-            same = tuple(src.shape[1:]) == tuple(dst.shape[1:]) and torch.allclose(
-                torch.as_tensor(src.affine, dtype=torch.float64), torch.as_tensor(dst.affine, dtype=torch.float64),
-                atol=1e-3,
-            )
+            src_affine = torch.as_tensor(src.affine, dtype=torch.float64)
+            same = tuple(src.shape[1:]) == tuple(dst.shape[1:]) and torch.allclose(src_affine, dst_affine, atol=1e-3)
             if not same:
-                d[key] = self.op(src, img_dst=dst)
+                out = resample(src, src_affine, dst_affine, dst.shape[1:], mode=self.mode)
+                meta = {k: v for k, v in src.meta.items() if k not in ("affine", "spatial_shape")}
+                d[key] = MetaTensor(out, affine=dst_affine.clone(), meta={**meta, "spatial_shape": tuple(dst.shape[1:])})
         return d
 
 
-def eval_transforms(channels: int = 1) -> Compose:
+class StoredDtyped(MapTransform):
+    """Images at the dtype they are stored in, labels at ``label_dtype``.
+
+    An image read with a scale factor comes as float64 (nibabel's scaling), and 64-bit integers gain
+    nothing over float32: both become float32. Every other dtype stays (int16 CT, float32 MRI and PET).
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str = "label", label_dtype: torch.dtype = torch.uint8) -> None:
+        super().__init__(keys)
+        self.label_key, self.label_dtype = label_key, label_dtype
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key].dtype in (torch.float64, torch.int64, torch.uint64, torch.int32, torch.uint32):
+                d[key] = d[key].to(torch.float32)
+        if d[self.label_key].dtype != self.label_dtype:
+            d[self.label_key] = d[self.label_key].to(self.label_dtype)
+        return d
+
+
+def label_dtype(max_label: int) -> torch.dtype:
+    """The smallest integer dtype that holds label ids up to ``max_label``."""
+    return torch.uint8 if max_label <= 255 else torch.int16 if max_label <= 32767 else torch.int32
+
+
+def eval_transforms(channels: int = 1, label_dtype: torch.dtype = torch.uint8) -> Compose:
     """Whole-volume pipeline: ``{"image", "label", "view", ...}`` paths -> tensors on the RAS label grid.
 
     Intensities stay in physical units (CT in HU, MRI as stored, PET in SUV): preprocessing belongs to
-    the model, and each adapter applies its own.
+    the model, and each adapter applies its own. Nothing is converted that need not be: each scan is
+    oriented at its stored dtype, and only a scan on another grid (a PET) is resampled, once, straight
+    onto the label grid (trilinear, float32).
 
     Args:
         channels: 1, or more for models that take several scans of a session: then ``image`` is a list of
             paths, each loaded, resampled onto the label grid and stacked in that order.
+        label_dtype: the label's integer dtype (uint8 holds ids up to 255: :func:`label_dtype`).
 
-    Output: ``image`` (C, D, H, W) float32, ``label`` (1, D, H, W) integer, both MetaTensors with the
-    label's affine (re-oriented to RAS).
+    Output: ``image`` (C, D, H, W) at its stored dtype (int16 for a CT stored so; float32 once
+    resampled or stacked), ``label`` (1, D, H, W) ``label_dtype``, both MetaTensors with the label's
+    affine (re-oriented to RAS).
     """
     keys = [f"image{i}" for i in range(channels)] if channels > 1 else ["image"]
     steps: list = []
     if channels > 1:
         steps.append(SplitPaths(keys))
     steps += [
-        LoadImaged(keys=[*keys, "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True),
-        ResampleToLabeld(keys=keys, key_dst="label"),
+        LoadImaged(keys=[*keys, "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True, dtype=None),
+        StoredDtyped(keys=keys, label_dtype=label_dtype),
+        # Oriented first (a flip, at the stored dtype): then a PET and its label grid share axes and
+        # the PET is resampled separably.
         Orientationd(keys=[*keys, "label"], axcodes=ORIENTATION, labels=RAS_LABELS),
-        EnsureTyped(keys=keys, dtype=torch.float32),
-        EnsureTyped(keys="label", dtype=torch.int64),
+        ResampleToLabeld(keys=keys, key_dst="label"),
     ]
     if channels > 1:
         steps.append(ConcatItemsd(keys=keys, name="image", dim=0))
@@ -144,7 +181,9 @@ class SplitPaths(Transform):
 
 
 def paired_load_transforms(
-    intensity: IntensityConfig | Mapping | None = None, spacing: Sequence[float] | None = None
+    intensity: IntensityConfig | Mapping | None = None,
+    spacing: Sequence[float] | None = None,
+    label_dtype: torch.dtype = torch.uint8,
 ) -> Compose:
     """Deterministic part of the training pipeline for one session (cached once per run).
 
@@ -162,7 +201,8 @@ def paired_load_transforms(
     steps += [
         ViewIntensityd(keys=["anat", "pet"], view_keys={"anat": "view_of_anat", "pet": "view_of_pet"}, config=intensity),
         EnsureTyped(keys=["anat", "pet"], dtype=torch.float32, track_meta=False),
-        EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),
+        # cached small (uint8: an eighth of int64); the patches become int64 for the loss
+        EnsureTyped(keys="label", dtype=label_dtype, track_meta=False),
     ]
     return Compose(steps)
 
@@ -186,6 +226,7 @@ def paired_patch_transforms(
             ),
             RandScaleIntensityd(keys=["anat", "pet"], factors=0.1, prob=0.5),
             RandShiftIntensityd(keys=["anat", "pet"], offsets=0.05, prob=0.5),
+            EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),
         ]
     )
 
@@ -197,7 +238,9 @@ __all__ = [
     "ViewIntensity",
     "ViewIntensityd",
     "ResampleToLabeld",
+    "StoredDtyped",
     "eval_transforms",
+    "label_dtype",
     "paired_load_transforms",
     "paired_patch_transforms",
 ]

@@ -143,7 +143,9 @@ class SegmentationModule(L.LightningModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, Mapping) and isinstance(batch.get("label"), torch.Tensor) and batch["label"].dtype == torch.uint8:
+        # Patch batches only: a whole evaluation volume keeps its uint8 label (int64 would be 8x the size).
+        patches = isinstance(batch, Mapping) and "anat" in batch
+        if patches and isinstance(batch.get("label"), torch.Tensor) and batch["label"].dtype == torch.uint8:
             batch = {**batch, "label": batch["label"].long()}
         # The expensive augmentation (affine resampling) runs here, on the device, not in CPU workers.
         trainer = self._trainer  # the property raises when no trainer is attached
@@ -221,7 +223,11 @@ class SegmentationModule(L.LightningModule):
         return Path(self.hparams.results_dir or self.trainer.default_root_dir)
 
     def _predict_case(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, Any], np.ndarray]:
-        """Whole-volume labels (D, H, W) on the evaluation grid, plus the prompts and the grid's affine."""
+        """Whole-volume labels (D, H, W) on the evaluation grid, plus the prompts and the grid's affine.
+
+        The image comes at its stored dtype (an int16 CT); it becomes float32 once, on the model's grid
+        (one trilinear pass from the label grid) or, for a model without a spacing, as it enters the model.
+        """
         image = batch["image"][0].cpu()  # (C, D, H, W) MetaTensor on the RAS label grid
         affine = np.asarray(image.affine, dtype=np.float64)
         info = self.model.info
@@ -237,8 +243,12 @@ class SegmentationModule(L.LightningModule):
                 reference = labels_to_grid(reference, affine, model_image.affine, model_image.shape[1:])
         pred = self.model.predict_volume(_plain(model_image)[None].float(), meta, self.organ_set, _plain(reference))
         labels = pred.labels.cpu()
+        if self.organ_set.num_classes <= 256:
+            labels = labels.to(torch.uint8)  # organ ids: a clinical label grid is 8x smaller than in int64
         if model_image is not image:
-            labels = labels_to_grid(labels, model_image.affine, affine, image.shape[1:])
+            model_affine = model_image.affine
+            del model_image, reference  # freed before the labels grow back to the label grid
+            labels = labels_to_grid(labels, model_affine, affine, image.shape[1:])
         return labels, {"prompts": pred.prompts}, affine
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
@@ -278,7 +288,7 @@ class SegmentationModule(L.LightningModule):
         out = self.results_path / "predictions" / f"{case_id}.nii.gz"
         out.parent.mkdir(parents=True, exist_ok=True)
         dtype = np.uint8 if self.organ_set.num_classes <= 256 else np.int16
-        img = nib.Nifti1Image(labels.numpy().astype(dtype), affine)
+        img = nib.Nifti1Image(labels.numpy().astype(dtype, copy=False), affine)
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
         tmp = out.with_name(out.name + ".tmp.nii.gz")
