@@ -24,7 +24,6 @@ Like :mod:`umd_lightning.organs` this module depends on nothing else in the pack
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Sequence
 
 import numpy as np
@@ -214,9 +213,4 @@ def spacing_grid(affine, shape: Sequence[int], spacing: Sequence[float]) -> tupl
     return np.asarray(pending.peek_pending_affine(), dtype=np.float64), tuple(int(s) for s in pending.peek_pending_shape())
 
 
-def nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
-    """Bytes of a tensor of this shape and dtype."""
-    return math.prod(int(s) for s in shape) * torch.empty((), dtype=dtype).element_size()
-
-
-__all__ = ["index_transform", "nbytes", "resample", "spacing_grid"]
+__all__ = ["index_transform", "resample", "spacing_grid"]
