@@ -26,12 +26,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from umd_lightning.metrics.failure import failure_columns
+from umd_lightning.metrics.failure import case_metrics_and_failure
 from umd_lightning.metrics.functional import (
     HD_DEFINITIONS,
     METRIC_KEYS,
     NSD_DEFINITIONS,
-    case_metrics,
     failed_rows,
     metrics_metadata,
 )
@@ -161,9 +160,8 @@ def evaluate_case(job: Job) -> tuple[str, list[dict[str, Any]], str | None]:
         predicted = None
         if job.pred_label_map is not None:
             predicted = load_label_map(job.pred_label_map).organs_covered(organ_set)
-        rows = case_metrics(pred, ref, spacing, job.labels, organs_predicted=predicted, **job.options)
-        extra_cols = failure_columns(pred, ref, spacing, job.labels)  # no PET here: SUV columns NaN
-        rows = [{**row, **extra_cols[row["organ"]]} for row in rows]
+        # no PET here: SUV columns NaN
+        rows = case_metrics_and_failure(pred, ref, spacing, job.labels, organs_predicted=predicted, **job.options)
         return job.case_id, [{**base, **row} for row in rows], None
     except CaseError as exc:
         return job.case_id, [{**base, **row} for row in failed_rows(job.labels, str(exc))], str(exc)

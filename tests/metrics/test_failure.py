@@ -11,7 +11,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from umd_lightning.metrics.failure import failure_columns
+from umd_lightning.metrics.failure import case_metrics_and_failure, failure_columns
+from umd_lightning.metrics.functional import ROW_KEYS, case_metrics
 from umd_lightning.results import FAILURE_COLUMNS
 
 SPACING = (2.0, 1.0, 0.5)
@@ -63,9 +64,18 @@ def test_every_component_touching_the_reference_is_at_zero():
     assert cols["n_components"] == 2 and cols["farthest_component_mm"] == 0.0
 
 
+def _with_metrics(pred, ref, spacing, labels, suv=None):
+    """The failure columns as :func:`case_metrics_and_failure` gives them, its metrics checked against case_metrics."""
+    rows = case_metrics_and_failure(pred, ref, spacing, labels, suv=suv)
+    for row, alone in zip(rows, case_metrics(pred, ref, spacing, labels), strict=True):
+        assert all(row[k] == alone[k] or (row[k] != row[k] and alone[k] != alone[k]) for k in ROW_KEYS)  # NaN == NaN
+    return {r["organ"]: {k: r[k] for k in FAILURE_COLUMNS} for r in rows}
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("specks", [0.02, 0.0004])  # dense noise; a few specks far apart (planes between them dropped)
-def test_farthest_component_and_suv_match_brute_force(seed, specks):
+@pytest.mark.parametrize("columns", [failure_columns, _with_metrics])  # alone; reusing the metrics' distances
+def test_farthest_component_and_suv_match_brute_force(seed, specks, columns):
     rng = np.random.default_rng(seed)
     shape = (40, 30, 24)
     ref, pred = _grid(shape), _grid(shape)
@@ -79,7 +89,7 @@ def test_farthest_component_and_suv_match_brute_force(seed, specks):
     sp = np.asarray(SPACING)
     ref_pts = np.argwhere(ref == 1) * sp
     farthest = max(cdist(np.argwhere(comps == c) * sp, ref_pts).min() for c in range(1, n + 1))
-    cols = failure_columns(pred, ref, SPACING, LABELS, suv=suv)["liver"]
+    cols = columns(pred, ref, SPACING, LABELS, suv=suv)["liver"]
     assert cols["n_components"] == n
     assert cols["farthest_component_mm"] == pytest.approx(farthest, abs=1e-9)
     assert cols["suv_mean_pred"] == pytest.approx(suv[pred == 1].astype(np.float64).mean(), rel=1e-12)

@@ -24,8 +24,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
-from umd_lightning.metrics.failure import failure_columns
-from umd_lightning.metrics.functional import case_metrics, failed_rows, metrics_metadata
+from umd_lightning.metrics.failure import case_metrics_and_failure
+from umd_lightning.metrics.functional import failed_rows, metrics_metadata
 from umd_lightning.models.resample import labels_to_grid, needs_resampling, to_spacing, voxel_spacing
 from umd_lightning.organs import get_organ_set, is_pet
 from umd_lightning.results import write_case
@@ -260,17 +260,16 @@ class SegmentationModule(L.LightningModule):
             pred_path = ""
             if self.hparams.save_predictions:
                 pred_path = str(self._save_prediction(labels, affine, meta["case_id"]))
-            scores = case_metrics(
+            suv = batch["image"][0, 0] if is_pet(meta["view"]) else None  # SUV on the label grid (eval_transforms)
+            scores = case_metrics_and_failure(
                 labels,
                 reference,
                 voxel_spacing(affine),
                 self.organ_set.labels,
+                suv=suv,
                 organs_predicted=self.model.organs_predicted(self.organ_set),
                 **self.metric_kwargs,
             )
-            suv = batch["image"][0, 0] if is_pet(meta["view"]) else None  # SUV on the label grid (eval_transforms)
-            extra_cols = failure_columns(labels, reference, voxel_spacing(affine), self.organ_set.labels, suv=suv)
-            scores = [{**row, **extra_cols[row["organ"]]} for row in scores]
             case = {**meta, **extra, "prediction": pred_path, "prompts": json.dumps(prompts["prompts"])}
         except Exception as exc:  # noqa: BLE001 - one broken case must not cost the others
             log.error("case %s failed: %s\n%s", meta.get("case_id"), exc, traceback.format_exc())

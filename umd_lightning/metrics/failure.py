@@ -28,12 +28,13 @@ against :func:`~umd_lightning.metrics.functional.case_metrics`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping
 
 import numpy as np
 from scipy import ndimage
 
-from umd_lightning.metrics.functional import _boundary, _check_spacing, _nearest, _Surface, _to_numpy
+from umd_lightning.metrics.functional import CaseArrays, _label_dict, _Mask, _nearest, _score_organs, case_metrics
 from umd_lightning.results import FAILURE_COLUMNS
 
 #: 26-connectivity: the predicted components a reader would see as one blob are one.
@@ -53,58 +54,66 @@ def _suv_array(suv: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _compact(mask: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
-    """``mask`` without the empty planes between its occupied ones (one kept per gap), and the global
-    index of every kept plane per axis (None: nothing dropped, ``mask`` itself).
+def _compact_planes(points: np.ndarray, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Global index per axis of the planes a mask's compact grid keeps: its occupied planes and the
+    first empty plane of each gap (None: nothing would be dropped).
 
-    Components, 26-neighbourhoods and 6-connected boundaries of the mask's voxels are the same on this
-    compact grid: planes that were neighbours still are, and planes a gap separated still have an empty
-    plane between them. A scattered prediction (specks far from the organ) has a bounding box of most of
-    the volume but a compact grid of little more than its voxels' planes, so it is labelled there.
+    ``points`` are the mask's surface voxels: every occupied plane holds one (walk within the plane
+    until the mask ends). Components, 26-neighbourhoods and 6-connected boundaries of the mask's voxels
+    are the same on the compact grid: planes that were neighbours still are, and planes a gap separated
+    still have an empty plane between them. A scattered prediction (specks far from the organ) has a
+    bounding box of most of the volume but a compact grid of little more than its voxels' planes.
     """
     keep = []
     for axis in range(3):
-        occupied = mask.any(axis=tuple(a for a in range(3) if a != axis))
-        occupied[1:] = occupied[1:] | occupied[:-1]  # the first empty plane of each gap stays
-        keep.append(np.flatnonzero(occupied))
-    if all(len(k) == n for k, n in zip(keep, mask.shape)):
-        return mask, None
-    return mask[np.ix_(*keep)], tuple(k + s for k, s in zip(keep, start))
+        occupied = np.unique(points[:, axis])
+        keep.append(np.union1d(occupied, occupied[occupied + 1 < stop[axis]] + 1))
+    if all(len(k) == int(e - s) for k, s, e in zip(keep, start, stop)):
+        return None
+    return tuple(keep)
 
 
 def _organ_columns(
-    p_arr: np.ndarray, p_box: tuple[slice, ...] | None, r_arr: np.ndarray, r_box: tuple[slice, ...] | None,
-    label_id: int, suv: np.ndarray | None, spacing: np.ndarray, workers: int,
+    p: _Mask | None, r: _Mask | None, d_pr: np.ndarray | None, case: CaseArrays, label_id: int,
+    suv: np.ndarray | None, workers: int,
 ) -> tuple[int, float, float, float]:
-    """``n_components, farthest_component_mm, suv_mean_pred, suv_mean_ref`` of one organ."""
+    """``n_components, farthest_component_mm, suv_mean_pred, suv_mean_ref`` of one organ.
+
+    ``d_pr``: distances (mm) from every predicted surface voxel to the reference surface, as
+    :func:`~umd_lightning.metrics.functional.case_metrics` found them; None: searched here, for the
+    components apart from the reference only.
+    """
     nan = float("nan")
-    r_mask = None if r_box is None else r_arr[r_box] == label_id
-    suv_ref = nan if suv is None or r_mask is None else float(suv[r_box][r_mask].mean(dtype=np.float64))
-    if p_box is None:
+    suv_ref = nan if suv is None or r is None else float(
+        suv[tuple(slice(int(a), int(b)) for a, b in zip(r.start, r.surface.stop))][r.mask].mean(dtype=np.float64)
+    )
+    if p is None:
         return 0, nan, nan, suv_ref
-    p_start = _start(p_box)
-    mask, planes = _compact(p_arr[p_box] == label_id, p_start)
-    grid = p_box if planes is None else np.ix_(*planes)  # the compact grid's voxels in whole-volume arrays
+    points = p.surface.points
+    planes = _compact_planes(points, p.start, p.surface.stop)
+    if planes is None:
+        grid, mask, local = tuple(slice(int(a), int(b)) for a, b in zip(p.start, p.surface.stop)), p.mask, points - p.start
+    else:
+        grid = np.ix_(*planes)  # the compact grid's voxels in whole-volume arrays
+        mask = p.mask[np.ix_(*(k - s for k, s in zip(planes, p.start)))]
+        local = np.stack([np.searchsorted(k, points[:, axis]) for axis, k in enumerate(planes)], axis=1)
     suv_pred = nan if suv is None else float(suv[grid][mask].mean(dtype=np.float64))
     components, n = ndimage.label(mask, structure=_CONNECTIVITY)
-    if r_mask is None:
+    if r is None:
         return int(n), nan, suv_pred, suv_ref
     touching = np.zeros(n + 1, dtype=bool)
-    touching[components[r_arr[grid] == label_id]] = True  # components with a voxel in the reference
+    touching[components[case.ref[grid] == label_id]] = True  # components with a voxel in the reference
     touching[0] = True  # background is no component
     if touching.all():
         return int(n), 0.0, suv_pred, suv_ref
-    # Only the boundary voxels of components apart from the reference are searched.
-    flat = np.flatnonzero(_boundary(mask))
-    ids = components.ravel()[flat]
+    # The closest voxel of a component to the reference is on the predicted surface.
+    ids = components[tuple(local.T)]
     apart = ~touching[ids]
-    flat, ids = flat[apart], ids[apart]
-    local = np.unravel_index(flat, mask.shape)
-    if planes is None:
-        points = np.stack(local, axis=1) + p_start
+    ids = ids[apart]
+    if d_pr is None:
+        dist = _nearest(points[apart], r.surface, case.spacing, "kdtree", workers)
     else:
-        points = np.stack([axis_planes[i] for axis_planes, i in zip(planes, local)], axis=1)
-    dist = _nearest(points, _Surface(_start(r_box), _boundary(r_mask)), spacing, "kdtree", workers)
+        dist = d_pr[apart]
     nearest = np.full(n + 1, np.inf)
     np.minimum.at(nearest, ids, dist)
     return int(n), float(nearest[~touching].max()), suv_pred, suv_ref
@@ -120,6 +129,9 @@ def failure_columns(
     workers: int = 1,
 ) -> dict[str, dict[str, float]]:
     """Components, farthest-component distance and SUV means of every organ of one case.
+
+    :func:`case_metrics_and_failure` gives the same columns with the case metrics, at little more
+    than the cost of the metrics alone.
 
     Args:
         pred: predicted integer label map (D, H, W), numpy or torch.
@@ -145,24 +157,44 @@ def failure_columns(
         >>> cols["n_components"], cols["farthest_component_mm"], cols["suv_mean_ref"]
         (2, 30.0, 3.0)
     """
-    p_arr, r_arr = _to_numpy(pred, "pred"), _to_numpy(ref, "ref")
-    if p_arr.shape != r_arr.shape:
-        raise ValueError(f"pred and ref must be on the same grid, got shapes {p_arr.shape} and {r_arr.shape}")
-    spacing_arr = np.asarray(_check_spacing(spacing))
-    suv_arr = None if suv is None else _suv_array(suv, p_arr.shape)
-    labels = {int(k): str(v) for k, v in dict(getattr(labels, "labels", labels)).items()}
-    max_label = max(labels)
-    p_boxes = ndimage.find_objects(p_arr, max_label=max_label)
-    r_boxes = ndimage.find_objects(r_arr, max_label=max_label)
+    labels = _label_dict(labels)
+    case = CaseArrays.of(pred, ref, spacing, list(labels))
+    suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
     return {
-        labels[i]: dict(zip(FAILURE_COLUMNS, _organ_columns(
-            p_arr, p_boxes[i - 1], r_arr, r_boxes[i - 1], i, suv_arr, spacing_arr, workers)))
+        labels[i]: dict(zip(FAILURE_COLUMNS, _organ_columns(*case.masks(i), None, case, i, suv_arr, workers)))
         for i in sorted(labels)
     }
 
 
-def _start(box: tuple[slice, ...]) -> np.ndarray:
-    return np.array([s.start for s in box], dtype=np.int64)
+def case_metrics_and_failure(
+    pred: Any, ref: Any, spacing: Any, labels: Mapping[int, str], *, suv: Any = None, **metric_options: Any
+) -> list[dict[str, Any]]:
+    """The rows of :func:`~umd_lightning.metrics.functional.case_metrics` with the
+    :data:`FAILURE_COLUMNS` of :func:`failure_columns` added, from one pass per organ: the masks,
+    surfaces and predicted-to-reference surface distances the metrics need also give the farthest
+    component, so the failure columns cost a component labelling on the prediction's compact grid.
+
+    Args:
+        pred, ref, spacing, labels: as :func:`case_metrics`.
+        suv: the PET in SUV on the label grid, or None.
+        **metric_options: :func:`case_metrics`' keyword options (``workers`` serves both).
+
+    Returns:
+        One dict per organ with the keys of ``ROW_KEYS`` and of :data:`FAILURE_COLUMNS`.
+    """
+    options = {**_CASE_METRICS_DEFAULTS, **metric_options}
+    case = CaseArrays.of(pred, ref, spacing, list(_label_dict(labels)))
+    suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
+    return [
+        {**row, **dict(zip(FAILURE_COLUMNS, _organ_columns(p, r, d_pr, case, row["label_id"], suv_arr, options["workers"])))}
+        for row, p, r, d_pr in _score_organs(pred, ref, spacing, labels, case=case, **options)
+    ]
 
 
-__all__ = ["FAILURE_COLUMNS", "failure_columns"]
+_CASE_METRICS_DEFAULTS = {
+    name: param.default for name, param in inspect.signature(case_metrics).parameters.items()
+    if param.kind is inspect.Parameter.KEYWORD_ONLY
+}
+
+
+__all__ = ["FAILURE_COLUMNS", "case_metrics_and_failure", "failure_columns"]

@@ -496,38 +496,96 @@ def case_metrics(
         >>> spleen["status"], spleen["dice"]               # absent from both: NaN, counted by status
         ('both_empty', nan)
     """
-    _check_options(empty_policy, hd_percentile, hd_definition, nsd_definition)
-    p_arr = _to_numpy(pred, "pred")
-    r_arr = _to_numpy(ref, "ref")
-    if p_arr.shape != r_arr.shape:
-        raise ValueError(f"pred and ref must be on the same grid, got shapes {p_arr.shape} and {r_arr.shape}")
-    sp_t = _check_spacing(spacing)
-    spacing_arr = np.asarray(sp_t)
+    return [
+        row
+        for row, _, _, _ in _score_organs(
+            pred, ref, spacing, labels, nsd_tolerance=nsd_tolerance, hd_percentile=hd_percentile,
+            empty_policy=empty_policy, hd_definition=hd_definition, nsd_definition=nsd_definition,
+            organs_predicted=organs_predicted, distance_method=distance_method, workers=workers,
+        )
+    ]
+
+
+@dataclass
+class CaseArrays:
+    """One case's label maps as numpy arrays and each organ's bounding boxes (one pass per map)."""
+
+    pred: np.ndarray
+    ref: np.ndarray
+    spacing: np.ndarray
+    pred_boxes: list[tuple[slice, ...] | None]
+    ref_boxes: list[tuple[slice, ...] | None]
+
+    @classmethod
+    def of(cls, pred: Any, ref: Any, spacing: Any, label_ids: Sequence[int]) -> "CaseArrays":
+        p_arr = _to_numpy(pred, "pred")
+        r_arr = _to_numpy(ref, "ref")
+        if p_arr.shape != r_arr.shape:
+            raise ValueError(f"pred and ref must be on the same grid, got shapes {p_arr.shape} and {r_arr.shape}")
+        sp = np.asarray(_check_spacing(spacing))
+        max_label = max(label_ids)
+        p_boxes = ndimage.find_objects(p_arr, max_label=max_label)
+        r_boxes = ndimage.find_objects(r_arr, max_label=max_label)
+        return cls(p_arr, r_arr, sp, p_boxes, r_boxes)
+
+    def masks(self, label_id: int) -> tuple["_Mask | None", "_Mask | None"]:
+        """The organ's predicted and reference masks on their own boxes, with their surfaces (None: empty)."""
+        return _crop(self.pred, self.pred_boxes[label_id - 1], label_id), _crop(
+            self.ref, self.ref_boxes[label_id - 1], label_id
+        )
+
+
+def _label_dict(labels: Mapping[int, str]) -> dict[int, str]:
     labels = {int(k): str(v) for k, v in dict(getattr(labels, "labels", labels)).items()}
     if any(k <= 0 for k in labels):
         raise ValueError(f"label ids must be positive (0 is background), got {sorted(labels)}")
+    return labels
+
+
+def _score_organs(
+    pred: Any,
+    ref: Any,
+    spacing: Sequence[float],
+    labels: Mapping[int, str],
+    *,
+    nsd_tolerance: float | Mapping[str, float],
+    hd_percentile: float,
+    empty_policy: EmptyPolicy,
+    hd_definition: HDDefinition,
+    nsd_definition: NSDDefinition,
+    organs_predicted: Sequence[str] | None,
+    distance_method: DistanceMethod,
+    workers: int,
+    case: CaseArrays | None = None,
+):
+    """:func:`case_metrics`, organ by organ: yields ``(row, pred_mask, ref_mask, d_pr)`` with the
+    organ's masks (None where empty) and the distances (mm) from every predicted surface voxel (in
+    ``pred_mask.surface.points`` order) to the reference surface, None where they were not needed.
+
+    ``case`` (a :class:`CaseArrays` of the same pred, ref and spacing) spares its passes over the maps.
+    """
+    _check_options(empty_policy, hd_percentile, hd_definition, nsd_definition)
+    labels = _label_dict(labels)
+    if case is None:
+        case = CaseArrays.of(pred, ref, spacing, list(labels))
+    p_arr, spacing_arr = case.pred, case.spacing
+    sp_t = tuple(float(s) for s in spacing_arr)
     tolerances = _organ_tolerances(labels, nsd_tolerance)
     predicted = set(labels.values()) if organs_predicted is None else {str(o) for o in organs_predicted}
     voxel_ml = float(np.prod(spacing_arr)) / 1000.0
     worst = volume_diagonal_mm(p_arr.shape, sp_t)
     q = float(hd_percentile)
-
-    # One pass per label map for every organ's bounding box.
-    max_label = max(labels)
-    p_boxes = ndimage.find_objects(p_arr, max_label=max_label)
-    r_boxes = ndimage.find_objects(r_arr, max_label=max_label)
     area_table = surfel_area_table(sp_t) if nsd_definition == "surfel_area" else None
 
-    rows = []
     for label_id in sorted(labels):
         organ = labels[label_id]
         tol = tolerances[organ]
-        p = _crop(p_arr, p_boxes[label_id - 1] if label_id <= len(p_boxes) else None, label_id)
-        r = _crop(r_arr, r_boxes[label_id - 1] if label_id <= len(r_boxes) else None, label_id)
+        p, r = case.masks(label_id)
         n_p = int(p.mask.sum()) if p is not None else 0
         n_r = int(r.mask.sum()) if r is not None else 0
         nan = float("nan")
         dice = hd = nsd = assd = nan
+        d_pr = None
         if organ not in predicted:
             status = "not_predicted"
         elif n_p == 0 and n_r == 0:
@@ -552,23 +610,21 @@ def case_metrics(
                 nsd = _surfel_nsd(p, r, spacing_arr, tol, area_table, workers)
             else:
                 nsd = float((np.count_nonzero(d_pr <= tol) + np.count_nonzero(d_rp <= tol)) / (len(d_pr) + len(d_rp)))
-        rows.append(
-            {
-                "organ": organ,
-                "label_id": label_id,
-                "status": status,
-                "dice": float(dice),
-                "hd95": float(hd),
-                "nsd": float(nsd),
-                "assd": float(assd),
-                "pred_voxels": n_p,
-                "ref_voxels": n_r,
-                "pred_volume_ml": n_p * voxel_ml,
-                "ref_volume_ml": n_r * voxel_ml,
-                "nsd_tolerance_mm": tol,
-            }
-        )
-    return rows
+        row = {
+            "organ": organ,
+            "label_id": label_id,
+            "status": status,
+            "dice": float(dice),
+            "hd95": float(hd),
+            "nsd": float(nsd),
+            "assd": float(assd),
+            "pred_voxels": n_p,
+            "ref_voxels": n_r,
+            "pred_volume_ml": n_p * voxel_ml,
+            "ref_volume_ml": n_r * voxel_ml,
+            "nsd_tolerance_mm": tol,
+        }
+        yield row, p, r, d_pr
 
 
 def failed_rows(labels: Mapping[int, str], error: str = "") -> list[dict[str, Any]]:
