@@ -54,9 +54,9 @@ def _suv_array(suv: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _compact_planes(points: np.ndarray, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, ...] | None:
+def _compact_planes(points: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, ...]:
     """Global index per axis of the planes a mask's compact grid keeps: its occupied planes and the
-    first empty plane of each gap (None: nothing would be dropped).
+    first empty plane of each gap.
 
     ``points`` are the mask's surface voxels: every occupied plane holds one (walk within the plane
     until the mask ends). Components, 26-neighbourhoods and 6-connected boundaries of the mask's voxels
@@ -68,14 +68,22 @@ def _compact_planes(points: np.ndarray, start: np.ndarray, stop: np.ndarray) -> 
     for axis in range(3):
         occupied = np.unique(points[:, axis])
         keep.append(np.union1d(occupied, occupied[occupied + 1 < stop[axis]] + 1))
-    if all(len(k) == int(e - s) for k, s, e in zip(keep, start, stop)):
-        return None
     return tuple(keep)
 
 
+def _on_planes(arr: np.ndarray, start: Any, planes: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The values of ``arr`` (whose first element is at global index ``start``) on the grid of the
+    given global planes: a view where they are contiguous, else copies along the gappy axes only."""
+    out = arr[tuple(slice(int(k[0] - s), int(k[-1] + 1 - s)) for k, s in zip(planes, start))]
+    for axis, k in enumerate(planes):
+        if len(k) < out.shape[axis]:
+            out = out.take(k - k[0], axis=axis)
+    return out
+
+
 def _organ_columns(
-    p: _Mask | None, r: _Mask | None, d_pr: np.ndarray | None, case: CaseArrays, label_id: int,
-    suv: np.ndarray | None, workers: int,
+    p: _Mask | None, r: _Mask | None, d_pr: np.ndarray | None, spacing: np.ndarray, suv: np.ndarray | None,
+    workers: int,
 ) -> tuple[int, float, float, float]:
     """``n_components, farthest_component_mm, suv_mean_pred, suv_mean_ref`` of one organ.
 
@@ -90,28 +98,29 @@ def _organ_columns(
     if p is None:
         return 0, nan, nan, suv_ref
     points = p.surface.points
-    planes = _compact_planes(points, p.start, p.surface.stop)
-    if planes is None:
-        grid, mask, local = tuple(slice(int(a), int(b)) for a, b in zip(p.start, p.surface.stop)), p.mask, points - p.start
-    else:
-        grid = np.ix_(*planes)  # the compact grid's voxels in whole-volume arrays
-        mask = p.mask[np.ix_(*(k - s for k, s in zip(planes, p.start)))]
-        local = np.stack([np.searchsorted(k, points[:, axis]) for axis, k in enumerate(planes)], axis=1)
-    suv_pred = nan if suv is None else float(suv[grid][mask].mean(dtype=np.float64))
+    planes = _compact_planes(points, p.surface.stop)
+    mask = _on_planes(p.mask, p.start, planes)
+    suv_pred = nan if suv is None else float(_on_planes(suv, (0, 0, 0), planes)[mask].mean(dtype=np.float64))
     components, n = ndimage.label(mask, structure=_CONNECTIVITY)
     if r is None:
         return int(n), nan, suv_pred, suv_ref
     touching = np.zeros(n + 1, dtype=bool)
-    touching[components[case.ref[grid] == label_id]] = True  # components with a voxel in the reference
+    # components with a voxel in the reference, looked for in the reference's box only
+    lo = [int(np.searchsorted(k, s)) for k, s in zip(planes, r.start)]
+    hi = [int(np.searchsorted(k, e)) for k, e in zip(planes, r.surface.stop)]
+    if all(h > l for l, h in zip(lo, hi)):
+        shared = tuple(k[l:h] for k, l, h in zip(planes, lo, hi))
+        near = components[tuple(slice(l, h) for l, h in zip(lo, hi))]
+        touching[near[_on_planes(r.mask, r.start, shared)]] = True
     touching[0] = True  # background is no component
     if touching.all():
         return int(n), 0.0, suv_pred, suv_ref
     # The closest voxel of a component to the reference is on the predicted surface.
-    ids = components[tuple(local.T)]
+    ids = components[tuple(np.searchsorted(k, points[:, axis]) for axis, k in enumerate(planes))]
     apart = ~touching[ids]
     ids = ids[apart]
     if d_pr is None:
-        dist = _nearest(points[apart], r.surface, case.spacing, "kdtree", workers)
+        dist = _nearest(points[apart], r.surface, spacing, "kdtree", workers)
     else:
         dist = d_pr[apart]
     nearest = np.full(n + 1, np.inf)
@@ -161,7 +170,7 @@ def failure_columns(
     case = CaseArrays.of(pred, ref, spacing, list(labels))
     suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
     return {
-        labels[i]: dict(zip(FAILURE_COLUMNS, _organ_columns(*case.masks(i), None, case, i, suv_arr, workers)))
+        labels[i]: dict(zip(FAILURE_COLUMNS, _organ_columns(*case.masks(i), None, case.spacing, suv_arr, workers)))
         for i in sorted(labels)
     }
 
@@ -186,7 +195,7 @@ def case_metrics_and_failure(
     case = CaseArrays.of(pred, ref, spacing, list(_label_dict(labels)))
     suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
     return [
-        {**row, **dict(zip(FAILURE_COLUMNS, _organ_columns(p, r, d_pr, case, row["label_id"], suv_arr, options["workers"])))}
+        {**row, **dict(zip(FAILURE_COLUMNS, _organ_columns(p, r, d_pr, case.spacing, suv_arr, options["workers"])))}
         for row, p, r, d_pr in _score_organs(pred, ref, spacing, labels, case=case, **options)
     ]
 
