@@ -268,6 +268,7 @@ class SegmentationModule(L.LightningModule):
                 self.organ_set.labels,
                 suv=suv,
                 organs_predicted=self.model.organs_predicted(self.organ_set),
+                workers=torch.get_num_threads(),  # the surface searches get the threads the network had
                 **self.metric_kwargs,
             )
             case = {**meta, **extra, "prediction": pred_path, "prompts": json.dumps(prompts["prompts"])}

@@ -329,11 +329,18 @@ def _window_search(
     out = np.full(len(src), np.inf)
     if len(src) == 0 or len(offsets) == 0:
         return out
-    pad = 2 * half  # points up to `half` outside dst's box may still have dst within the window
-    shape = np.asarray(dst.border.shape) + 2 * pad
+    # The field: dst's box grown by 2 * half (points up to `half` outside it may still have dst within
+    # the window), clipped to the windows around src (a small organ's search of a scattered mask).
+    lo = np.maximum(dst.start - 2 * half, src.min(axis=0) - half)
+    hi = np.maximum(lo, np.minimum(dst.stop + 2 * half, src.max(axis=0) + half + 1))
+    shape = hi - lo
     field = np.zeros(tuple(int(n) for n in shape), dtype=bool)
-    field[tuple(slice(int(k), int(k + n)) for k, n in zip(pad, dst.border.shape))] = dst.border
-    local = src - dst.start + pad
+    a, b = np.maximum(lo, dst.start), np.minimum(hi, dst.stop)
+    if np.all(b > a):
+        field[tuple(slice(int(i - l), int(j - l)) for i, j, l in zip(a, b, lo))] = dst.border[
+            tuple(slice(int(i - s), int(j - s)) for i, j, s in zip(a, b, dst.start))
+        ]
+    local = src - lo
     inside = np.all((local >= half) & (local < shape - half), axis=1)
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
     rem_flat = local[inside] @ strides
