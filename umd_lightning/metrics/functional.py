@@ -531,15 +531,37 @@ class CaseArrays:
             raise ValueError(f"pred and ref must be on the same grid, got shapes {p_arr.shape} and {r_arr.shape}")
         sp = np.asarray(_check_spacing(spacing))
         max_label = max(label_ids)
-        p_boxes = ndimage.find_objects(p_arr, max_label=max_label)
-        r_boxes = ndimage.find_objects(r_arr, max_label=max_label)
-        return cls(p_arr, r_arr, sp, p_boxes, r_boxes)
+        return cls(p_arr, r_arr, sp, _bounding_boxes(p_arr, max_label), _bounding_boxes(r_arr, max_label))
 
     def masks(self, label_id: int) -> tuple["_Mask | None", "_Mask | None"]:
         """The organ's predicted and reference masks on their own boxes, with their surfaces (None: empty)."""
         return _crop(self.pred, self.pred_boxes[label_id - 1], label_id), _crop(
             self.ref, self.ref_boxes[label_id - 1], label_id
         )
+
+
+def _bounding_boxes(arr: np.ndarray, max_label: int) -> list[tuple[slice, ...] | None]:
+    """``scipy.ndimage.find_objects(arr, max_label=max_label)``, 2.5x faster on a uint8 label map with
+    fewer than 64 labels (1 s -> 0.4 s on 75 M voxels): each voxel's label as one bit, OR-reduced per row
+    and per column of every plane in slabs, so one pass gives every organ's occupied planes on all axes."""
+    if arr.dtype != np.uint8 or max_label >= 64:
+        return ndimage.find_objects(arr, max_label=max_label)
+    bit = np.uint16 if max_label < 16 else np.uint32 if max_label < 32 else np.uint64
+    lut = np.zeros(256, dtype=bit)
+    lut[1 : max_label + 1] = np.left_shift(1, np.arange(1, max_label + 1)).astype(bit)
+    d, h, w = arr.shape
+    rows, cols = np.empty((d, h), dtype=bit), np.empty((d, w), dtype=bit)  # labels in each (plane, row / column)
+    step = max(1, (1 << 22) // max(1, h * w))
+    for z0 in range(0, d, step):
+        bits = lut[arr[z0 : z0 + step]]
+        np.bitwise_or.reduce(bits, axis=2, out=rows[z0 : z0 + step])
+        np.bitwise_or.reduce(bits, axis=1, out=cols[z0 : z0 + step])
+    present = (np.bitwise_or.reduce(rows, axis=1), np.bitwise_or.reduce(rows, axis=0), np.bitwise_or.reduce(cols, axis=0))
+    boxes: list[tuple[slice, ...] | None] = []
+    for label in range(1, max_label + 1):
+        planes = [np.flatnonzero(axis_bits & bit(1 << label)) for axis_bits in present]
+        boxes.append(tuple(slice(int(k[0]), int(k[-1]) + 1) for k in planes) if len(planes[0]) else None)
+    return boxes
 
 
 def _label_dict(labels: Mapping[int, str]) -> dict[int, str]:
