@@ -1,4 +1,5 @@
-"""Organ bounding boxes of the case metrics: scipy's find_objects, whatever the path taken."""
+"""The case metrics' geometry helpers against scipy: organ bounding boxes (find_objects) and surface
+voxels (a mask less its binary erosion, outside the crop as background)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from umd_lightning.metrics.functional import _bounding_boxes
+from umd_lightning.metrics.functional import _boundary, _bounding_boxes
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (40, 30, 20), (3, 200, 1)])
@@ -21,3 +22,12 @@ def test_boxes_of_wider_integer_maps():
     labels = np.zeros((6, 5, 4), dtype=np.int32)
     labels[1:3, 2, 0:4] = 2
     assert _bounding_boxes(labels, 3) == [None, (slice(1, 3), slice(2, 3), slice(0, 4)), None]
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 9), (2, 3, 8), (3, 4, 17), (7, 2, 33), (4, 4, 1), (9, 8, 64)])
+@pytest.mark.parametrize("fill", [0.3, 0.7, 0.95])
+def test_surface_is_mask_less_its_erosion(shape, fill):
+    # widths around multiples of 8: the surface is found on the mask packed 8 voxels a byte
+    mask = np.random.default_rng(len(shape) * 31 + shape[-1]).random(shape) < fill
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
+    assert np.array_equal(_boundary(mask), mask & ~eroded)
