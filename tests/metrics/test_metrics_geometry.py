@@ -27,7 +27,6 @@ def test_boxes_of_wider_integer_maps():
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 9), (2, 3, 8), (3, 4, 17), (7, 2, 33), (4, 4, 1), (9, 8, 64)])
 @pytest.mark.parametrize("fill", [0.3, 0.7, 0.95])
 def test_surface_is_mask_less_its_erosion(shape, fill):
-    # widths around multiples of 8: the surface is found on the mask packed 8 voxels a byte
     mask = np.random.default_rng(len(shape) * 31 + shape[-1]).random(shape) < fill
     eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
     assert np.array_equal(_boundary(mask), mask & ~eroded)

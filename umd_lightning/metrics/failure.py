@@ -17,12 +17,14 @@ Why the distance needs only surfaces: for disjoint voxel sets the closest pair l
 6-connected boundaries (a step from an interior voxel towards the other set shortens the distance), and
 the boundary of the predicted mask is the union of its components' boundaries under 26-connectivity.
 
-Cost: per organ, the work is on the organ's bounding-box crops of the two label maps (bool), with the
-predicted crop's empty planes dropped (:func:`_compact`: specks far apart no longer make a crop of the
-whole volume); one ``scipy.ndimage.label`` there (int32 component ids of that size), and a k-d tree
-search of the reference surface only from the boundary voxels of components that do not overlap the
-reference; the SUV means index the PET with the masks' crops. No whole-volume array is made besides
-the two ``find_objects`` passes over the label maps; ``benchmarks/failure_bench.py`` prints the cost
+Cost: evaluation calls :func:`case_metrics_and_failure`, which takes each organ's masks, surfaces
+and predicted-to-reference surface distances from the case metrics' own pass (HD95 needs the
+distance of every predicted surface voxel); what is left is one ``scipy.ndimage.label`` on the
+prediction's compact grid (its empty planes dropped, one kept per gap: :func:`_compact_planes`, so
+specks far apart do not make a grid of the whole volume) and a look-up of which components touch
+the reference inside the reference's box. :func:`failure_columns` alone does the same on its own
+crops, with a k-d tree search from the boundary voxels of components apart from the reference only.
+The SUV means index the PET with the masks' crops. ``benchmarks/failure_bench.py`` prints the cost
 against :func:`~umd_lightning.metrics.functional.case_metrics`.
 """
 

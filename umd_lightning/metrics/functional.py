@@ -33,8 +33,9 @@ mask empty gives Dice 0, NSD 0 and HD95 = ASSD = the case's volume diagonal
 empty gives NaN values (excluded from means, counted by status). ``"exclude"``: one mask empty gives
 NaN for every metric, so the case drops out of means but is still counted by its status.
 
-Speed: bounding boxes of all organs come from one pass over each label map
-(``scipy.ndimage.find_objects``); each organ's masks and surfaces are computed in its own boxes only,
+Speed: bounding boxes of all organs come from one pass over each label map (labels as bits,
+OR-reduced per row and column, for a uint8 map; else ``scipy.ndimage.find_objects``); each organ's
+masks and surfaces are computed in its own boxes only,
 and the distances between surface voxels by a k-d tree over surface points (or, as an option, a
 Euclidean distance transform of the union crop). Neither the whole volume nor a one-hot of it is
 ever built per organ.
@@ -242,25 +243,21 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a 6-neighbour outside it; the crop edge counts as outside.
 
     Valid on a crop that holds the whole mask: a mask voxel on the crop edge is on the mask's own
-    bounding box, so its outward neighbour is background. The passes run on the mask packed 8 voxels
-    a byte along the last axis (neighbours there by bit shifts with the carry of the next byte):
-    1.7x faster than on bools on a clinical volume's box, where scattered specks spend most of the time.
+    bounding box, so its outward neighbour is background.
     """
-    p = np.packbits(mask, axis=-1)  # big-endian bits: voxel x is left of x + 1 within a byte
-    inner = p >> 1
-    inner[..., 1:] |= p[..., :-1] << 7  # the left neighbour (x - 1), across byte ends
-    right = p << 1
-    right[..., :-1] |= p[..., 1:] >> 7  # the right neighbour (x + 1); padding bits and the ends are outside
-    inner &= right
-    inner &= p
-    inner[1:] &= p[:-1]
-    inner[:-1] &= p[1:]
-    inner[:, 1:] &= p[:, :-1]
-    inner[:, :-1] &= p[:, 1:]
-    inner[0] = inner[-1] = 0
-    inner[:, 0] = inner[:, -1] = 0
-    np.bitwise_and(p, ~inner, out=inner)
-    return np.unpackbits(inner, axis=-1, count=mask.shape[-1]).view(bool)
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    inner[:, :, 1:] &= mask[:, :, :-1]
+    inner[:, :, :-1] &= mask[:, :, 1:]
+    inner[0] = inner[-1] = False
+    inner[:, 0] = inner[:, -1] = False
+    inner[:, :, 0] = inner[:, :, -1] = False
+    np.logical_not(inner, out=inner)
+    inner &= mask  # in place: no third crop-sized array
+    return inner
 
 
 def _crop(labels: np.ndarray, box: tuple[slice, ...] | None, label_id: int) -> _Mask | None:
