@@ -620,10 +620,13 @@ def render_report(run_dir: str | Path, title: str | None = None) -> str:
     parts.append("</section>")
 
     parts.append("<section id='methods'><h2>Methods</h2>" + _methods_html(info) + "</section>")
+    caveat_list = caveats(run_dir, info, t)
     parts.append("<section id='caveats'><h2>Caveats</h2><ul>"
-                 + "".join(f"<li>{html.escape(c)}</li>" for c in caveats(run_dir, info, t)) + "</ul>")
+                 + "".join(f"<li>{html.escape(c)}</li>" for c in caveat_list) + "</ul>")
+    said = {c.rstrip(".") for c in caveat_list}  # the NSD note is also a caveat: say it once
     for note in info.get("notes", []):
-        parts.append(f"<p class='note'>{html.escape(str(note))}</p>")
+        if str(note).rstrip(".") not in said:
+            parts.append(f"<p class='note'>{html.escape(str(note))}</p>")
     parts.append("</section>")
 
     meta_rows = {
