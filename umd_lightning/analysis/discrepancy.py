@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..organs import PAIR_KINDS, VIEWS
 from ..results import EMPTY_POLICIES, STATUSES, normalise, organ_order, validate_results
-from .stats import holm, holm_floor, paired_comparison
+from .stats import holm_family, paired_comparison
 
 Metric = Literal["dice", "hd95", "nsd", "assd"]
 EmptyPolicy = Literal["worst", "exclude"]
@@ -212,12 +212,7 @@ def discrepancy_table(
                                       "organ": organ, "metric": metric},
                                      n_boot, row_seed(seed, model, kind, organ, metric), level)
                          for oi, organ in enumerate(axes.organs)]
-                adj = holm([r["p"] for r in block])
-                floor = holm_floor([r["min_attainable_p"] for r in block])
-                for r, q, f in zip(block, adj, floor):
-                    r["p_holm"] = float(q)
-                    r["significant"] = bool(np.isfinite(q) and q < alpha)
-                    r["underpowered"] = not (np.isfinite(f) and f < alpha)
+                holm_family(block, alpha)
                 rows.extend(block)
     return pd.DataFrame(rows, columns=list(DISCREPANCY_COLUMNS))
 

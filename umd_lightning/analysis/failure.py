@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from ..results import FAILURE_COLUMNS, normalise, organ_order
+from .discrepancy import EVALUABLE, present_views  # the rows with two masks, one non-empty
 from .figures import VIEW_COLOR, _grid
 
 #: Failure modes in the order they win when a row has several (the first true flag is its ``failure_mode``).
@@ -36,8 +37,6 @@ NO_FAILURE = "none"
 #: Default thresholds (stated in the analysis metadata).
 OVER_RATIO = 2.0
 STRAY_MM = 10.0
-#: Statuses whose rows hold volumes of two masks of which at least one is non-empty.
-SCORED = ("ok", "missed", "false_positive")
 
 _MARKERS = {"missed": "x", "false_positive": "+", "false_positive_elsewhere": "v", "over_segmented": "s",
             "stray_component": "D", NO_FAILURE: "o"}
@@ -83,7 +82,7 @@ def failure_modes(df: pd.DataFrame, over_ratio: float = OVER_RATIO, stray_mm: fl
     }
     for name in FAILURE_MODES:
         out[name] = flags[name].astype(bool)
-    mode = np.where(status.isin(SCORED), NO_FAILURE, status).astype(object)
+    mode = np.where(status.isin(EVALUABLE), NO_FAILURE, status).astype(object)
     for name in reversed(FAILURE_MODES):  # the first mode in FAILURE_MODES wins
         mode = np.where(out[name], name, mode)
     out["failure_mode"] = mode
@@ -110,7 +109,7 @@ def volume_agreement(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     df = normalise(df)
     cols = ["model", "view", "organ", "n", "mean_ref_ml", "mean_pred_ml", "bias_ml", "sd_diff_ml", "loa_low_ml",
             "loa_high_ml", "bias_ci_low_ml", "bias_ci_high_ml", "relative_bias_pct"]
-    rows = df[df["status"].isin(SCORED)].dropna(subset=["ref_volume_ml", "pred_volume_ml"])
+    rows = df[df["status"].isin(EVALUABLE)].dropna(subset=["ref_volume_ml", "pred_volume_ml"])
     if rows.empty:
         return pd.DataFrame(columns=cols)
     z = float(stats.norm.ppf(0.5 + level / 2))
@@ -135,11 +134,6 @@ def volume_agreement(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
 # --------------------------------------------------------------------------- figures
 
 
-def _views(df: pd.DataFrame) -> list[str]:
-    present = list(pd.unique(df["view"]))
-    return [v for v in VIEW_COLOR if v in present] + [v for v in present if v not in VIEW_COLOR]
-
-
 def dice_volume_figure(modes: pd.DataFrame, model: str) -> Figure | None:
     """Dice against the reference volume (log scale), one colour per view, one marker per failure mode."""
     d = modes[(modes["model"] == model) & (modes["ref_volume_ml"] > 0) & modes["dice"].notna()]
@@ -147,7 +141,7 @@ def dice_volume_figure(modes: pd.DataFrame, model: str) -> Figure | None:
         return None
     fig = Figure(figsize=(7.2, 4.2), layout="constrained")
     ax = fig.subplots()
-    for view in _views(d):
+    for view in present_views(d):
         for mode, marker in _MARKERS.items():
             s = d[(d["view"] == view) & (d["failure_mode"] == mode)]
             if len(s):
@@ -160,7 +154,7 @@ def dice_volume_figure(modes: pd.DataFrame, model: str) -> Figure | None:
     ax.set_ylabel("Dice  (higher is better \u2191)")
     ax.set_title(f"{model}: Dice against organ size", fontsize=10)
     ax.grid(alpha=0.3)
-    view_handles = [ax.scatter([], [], color=VIEW_COLOR.get(v, "0.3"), marker="o", label=v) for v in _views(d)]
+    view_handles = [ax.scatter([], [], color=VIEW_COLOR.get(v, "0.3"), marker="o", label=v) for v in present_views(d)]
     mode_handles = [ax.scatter([], [], color="0.3", marker=_MARKERS[m], label=m.replace("_", " "))
                     for m in _MARKERS if (d["failure_mode"] == m).any()]
     # outside the axes: the failures crowd the bottom of the plot
@@ -173,7 +167,7 @@ def bland_altman_figure(df: pd.DataFrame, agreement: pd.DataFrame, model: str, n
     """Bland-Altman per organ: difference (pred - ref, ml) against the mean of both volumes; per view
     its bias (solid) and limits of agreement (dashed) in the view's colour."""
     d = normalise(df)
-    d = d[(d["model"] == model) & d["status"].isin(SCORED)].dropna(subset=["ref_volume_ml", "pred_volume_ml"])
+    d = d[(d["model"] == model) & d["status"].isin(EVALUABLE)].dropna(subset=["ref_volume_ml", "pred_volume_ml"])
     if d.empty:
         return None
     organs = [o for o in organ_order(normalise(df)) if (d["organ"] == o).any()]
@@ -181,7 +175,7 @@ def bland_altman_figure(df: pd.DataFrame, agreement: pd.DataFrame, model: str, n
     fig = Figure(figsize=(2.7 * ncols, 2.4 * nrows + 0.7), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     agree = agreement[agreement["model"] == model]
-    views = _views(d)
+    views = present_views(d)
     for ax, organ in zip(axes.ravel(), organs):
         s = d[d["organ"] == organ]
         for view in views:
@@ -220,7 +214,7 @@ def suv_agreement_figure(modes: pd.DataFrame, model: str) -> Figure | None:
         return None
     fig = Figure(figsize=(4.8, 4.4), layout="constrained")
     ax = fig.subplots()
-    for view in _views(d):
+    for view in present_views(d):
         s = d[d["view"] == view]
         ax.scatter(s["suv_mean_ref"], s["suv_mean_pred"], s=20, color=VIEW_COLOR.get(view, "0.3"), alpha=0.85,
                    edgecolors="white", linewidths=0.4, label=f"{view} (n={len(s)})")

@@ -30,7 +30,7 @@ import pandas as pd
 from ..organs import PAIR_KINDS
 from ..results import normalise, validate_results
 from .discrepancy import DEFAULT_METRICS, CubeAxes, row_seed, subject_cube, worse
-from .stats import BCA_MIN_N, holm, holm_floor, min_attainable_p, subjects_needed, t_interval, wilcoxon_p
+from .stats import BCA_MIN_N, holm_family, min_attainable_p, subjects_needed, t_interval, wilcoxon_p
 
 HEADLINE_COLUMNS: tuple[str, ...] = (
     "model", "pair_kind", "ref_view", "cmp_view", "metric", "n_subjects", "n_organs", "mean_ref", "mean_cmp",
@@ -67,6 +67,13 @@ def cluster_bootstrap_means(diffs: np.ndarray, weights: np.ndarray) -> np.ndarra
     return np.divide(organ_means.sum(axis=1), n_organs, out=np.full(len(weights), np.nan), where=n_organs > 0)
 
 
+def resample_weights(n_subjects: int, n_boot: int, seed: Any) -> np.ndarray:
+    """(n_boot, n_subjects) float counts: how often each subject is drawn in each bootstrap resample."""
+    idx = np.random.default_rng(seed).integers(0, n_subjects, size=(n_boot, n_subjects))
+    counts = np.bincount((idx + n_subjects * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n_subjects)
+    return counts.reshape(n_boot, n_subjects).astype(np.float64)
+
+
 def cluster_bootstrap_ci(
     diffs: np.ndarray, n_boot: int = 2000, seed: int | Sequence[int] = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -84,9 +91,7 @@ def cluster_bootstrap_ci(
     s = diffs.shape[0]
     if s < 2 or n_boot < 1:
         return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, s, size=(n_boot, s))
-    counts = np.bincount((idx + s * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * s)
-    stats = cluster_bootstrap_means(diffs, counts.reshape(n_boot, s).astype(np.float64))
+    stats = cluster_bootstrap_means(diffs, resample_weights(s, n_boot, seed))
     stats = stats[np.isfinite(stats)]
     if stats.size == 0:
         return float("nan"), float("nan")
@@ -249,11 +254,10 @@ def headline_table(
                 key = {"model": model, "pair_kind": kind, "ref_view": ref, "cmp_view": cmp, "metric": metric}
                 values = cube[mi][..., [axes.views.index(ref), axes.views.index(cmp)]]
                 block.append(_headline_row(values, axes, key, n_boot, seed, level, mixed_metrics))
-            adj = holm([r["p"] for r in block])
-            floor = holm_floor([r["min_attainable_p"] for r in block])
+            holm_family(block, alpha)
             needed = subjects_needed(max(len(block), 1), alpha)
-            for r, q, f in zip(block, adj, floor):
-                r.update(p_holm=float(q), underpowered=not (np.isfinite(f) and f < alpha), subjects_needed=needed)
+            for r in block:
+                r["subjects_needed"] = needed
                 r["sentence"] = headline_sentence(r, level, alpha)
             rows.extend(block)
     return pd.DataFrame(rows, columns=list(HEADLINE_COLUMNS))

@@ -29,8 +29,8 @@ from scipy import stats as _sps
 from ..organs import VIEWS, anatomical_view
 from ..results import normalise, validate_results
 from .discrepancy import DEFAULT_METRICS, HIGHER_IS_BETTER, CubeAxes, row_seed, subject_cube
-from .headline import cluster_bootstrap_means
-from .stats import holm, holm_floor, min_attainable_p, wilcoxon_p
+from .headline import cluster_bootstrap_means, resample_weights
+from .stats import holm_family, min_attainable_p, wilcoxon_p
 
 RANKING_COLUMNS: tuple[str, ...] = (
     "view", "metric", "model", "n_subjects", "mean", "rank", "rank_ci_low", "rank_ci_high", "p_first",
@@ -119,9 +119,7 @@ def _rank_rows(values: np.ndarray, models: Sequence[str], view: str, metric: str
     if k == 1 and np.isfinite(means[0]):  # one model: first in every resample
         lo = hi = p_first = np.ones(1)
     elif n_boot > 0 and s >= 2:
-        idx = np.random.default_rng(seed).integers(0, s, size=(n_boot, s))
-        weights = np.bincount((idx + s * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * s)
-        weights = weights.reshape(n_boot, s).astype(np.float64)
+        weights = resample_weights(s, n_boot, seed)
         boot = np.stack([cluster_bootstrap_means(values[i], weights) for i in range(k)], axis=1)  # (B, K)
         boot_ranks = rank_scores(boot, higher)
         lo, hi = np.quantile(boot_ranks, [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
@@ -149,11 +147,7 @@ def _pair_rows(values: np.ndarray, models: Sequence[str], view: str, metric: str
                      "n_subjects": int(d.size), "mean_a": float(a.mean()) if d.size else float("nan"),
                      "mean_b": float(b.mean()) if d.size else float("nan"), "mean_diff": mean_diff,
                      "better": better, "p": p, "min_attainable_p": min_attainable_p(int(np.count_nonzero(d)))})
-    adj = holm([r["p"] for r in rows])
-    floor = holm_floor([r["min_attainable_p"] for r in rows])
-    for r, q, f in zip(rows, adj, floor):
-        r.update(p_holm=float(q), significant=bool(np.isfinite(q) and q < alpha),
-                 underpowered=not (np.isfinite(f) and f < alpha))
+    holm_family(rows, alpha)
     return rows
 
 

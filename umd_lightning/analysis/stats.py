@@ -254,6 +254,17 @@ def holm_floor(min_ps: Sequence[float] | np.ndarray, n_tests: int | None = None)
     return out
 
 
+def holm_family(rows: Sequence[dict], alpha: float) -> None:
+    """Holm across one family of test rows (each with ``p`` and ``min_attainable_p``), in place:
+    ``p_holm``, ``significant`` (``p_holm < alpha``) and ``underpowered`` (even the smallest attainable
+    p-values cannot reach ``alpha`` after Holm)."""
+    adj = holm([r["p"] for r in rows])
+    floor = holm_floor([r["min_attainable_p"] for r in rows])
+    for r, q, f in zip(rows, adj, floor):
+        r.update(p_holm=float(q), significant=bool(np.isfinite(q) and q < alpha),
+                 underpowered=not (np.isfinite(f) and f < alpha))
+
+
 def subjects_needed(n_tests: int = 1, alpha: float = 0.05) -> int:
     """Fewest non-zero paired differences with which a family of ``n_tests`` exact Wilcoxon tests can
     reach Holm-adjusted p < ``alpha``: the smallest n with ``n_tests * 2 / 2**n < alpha``.
