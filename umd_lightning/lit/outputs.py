@@ -203,10 +203,12 @@ def log_overlay_masks(loggers: Sequence[Any], cases: Mapping[tuple[str, str], Se
     """Log each overlay case's axial plane as a wandb.Image with prediction / reference masks, one list
     per model x view under ``<prefix>/overlays/<model>/<view>``; returns the number of wandb runs."""
     found = wandb_loggers(loggers)
-    for lg in found:
-        images = {f"{prefix}/overlays/{model}/{view}": [mask_image(c, organ_names) for c in group]
-                  for (model, view), group in cases.items() if group}
-        if images:
+    if not found:
+        return 0
+    images = {f"{prefix}/overlays/{model}/{view}": [mask_image(c, organ_names) for c in group]
+              for (model, view), group in cases.items() if group}
+    if images:
+        for lg in found:
             lg.log_metrics(images, step=step)
     return len(found)
 
@@ -316,9 +318,7 @@ class RunAnalysis:
         tables = {"results": table} if self.log_results_table else {}
         tables.update(analysis.tables())
         log_tables_and_images(loggers, tables, written["figures"], self.wandb_prefix, self.max_table_rows)
-        headline = analysis.tables().get("headline")
-        if headline is not None:
-            log_scalars(wandb_loggers(loggers), headline_scalars(headline))
+        log_scalars(wandb_loggers(loggers), headline_scalars(tables.get("headline")))
         log_overlay_masks(loggers, cases, names, self.wandb_prefix)
         log_report_artifact(loggers, written["report"])
         log.info("discrepancy analysis written to %s", out_dir)
