@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import traceback
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
+from umd_lightning.data.layouts.labels import save_nifti_atomic
 from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
 from umd_lightning.metrics.failure import case_metrics_and_failure
 from umd_lightning.metrics.functional import failed_rows, metrics_metadata
@@ -286,14 +286,11 @@ class SegmentationModule(L.LightningModule):
 
     def _save_prediction(self, labels: torch.Tensor, affine: np.ndarray, case_id: str) -> Path:
         out = self.results_path / "predictions" / f"{case_id}.nii.gz"
-        out.parent.mkdir(parents=True, exist_ok=True)
         dtype = np.uint8 if self.organ_set.num_classes <= 256 else np.int16
         img = nib.Nifti1Image(labels.numpy().astype(dtype, copy=False), affine)
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
-        tmp = out.with_name(out.name + ".tmp.nii.gz")
-        nib.save(img, str(tmp))
-        os.replace(tmp, out)
+        save_nifti_atomic(img, out)
         return out
 
     def results_metadata(self) -> dict[str, Any]:

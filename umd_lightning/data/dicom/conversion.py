@@ -16,6 +16,7 @@ from umd_lightning.data.dicom.errors import DicomError, _number
 from umd_lightning.data.dicom.seg import read_seg, segment_lookup
 from umd_lightning.data.dicom.suv import suv_factors
 from umd_lightning.data.dicom.volume import Volume, read_enhanced, read_series
+from umd_lightning.data.layouts.labels import save_nifti_atomic
 from umd_lightning.organs import LabelMap, OrganSet, get_organ_set, load_label_map
 from umd_lightning.results import ensure_writable
 
@@ -40,14 +41,6 @@ class ConvertResult:
     suv_factor: float | None = None
     shape: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
-
-
-def _save(img: nib.Nifti1Image, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.nii.gz")
-    nib.save(img, str(tmp))
-    tmp.replace(out)
-    return out
 
 
 def _image_dtype(vol: Volume, modality: str):
@@ -80,7 +73,7 @@ def convert_image_series(
         factors = suv_factors(vol.datasets, vol.files[0])
         factor = factors.factor
         vol.array = vol.array * factor
-    _save(vol.to_nifti(_image_dtype(vol, series.modality)), out_path)
+    save_nifti_atomic(vol.to_nifti(_image_dtype(vol, series.modality)), out_path)
     result = ConvertResult(
         series.series_uid,
         series.modality,
@@ -194,7 +187,8 @@ def _convert_seg(series, out, volumes, all_series, lmap, organs, unique) -> Conv
     img = nib.Nifti1Image(labels.astype(dtype), affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    target = _save(img, Path(out) / f"{name}.nii.gz")
+    target = Path(out) / f"{name}.nii.gz"
+    save_nifti_atomic(img, target)
     (Path(out) / f"{name}.segments.json").write_text(
         json.dumps(
             {
