@@ -87,9 +87,9 @@ def _copy_nifti(src: Path, dst: Path) -> Path:
 def image_on_label_grid(image: str | Path, label: str | Path) -> nib.Nifti1Image:
     """``image`` resampled onto ``label``'s grid as the evaluation pipeline does, float32 with the label's affine.
 
-    The same :class:`~umd_lightning.data.transforms.ResampleToLabeld` (MONAI ``ResampleToMatch``, trilinear,
-    zeros outside) that evaluation applies before orienting, so the written file is what a test run feeds a
-    model, and evaluation's resampling of it is a no-op.
+    The same :class:`~umd_lightning.data.transforms.ResampleToLabeld` (``grids.resample``, trilinear in world
+    coordinates, zeros outside) that evaluation applies, so the written file is what a test run feeds a model,
+    and evaluation's resampling of it is a no-op.
     """
     from monai.transforms import LoadImaged
 
