@@ -147,6 +147,7 @@ def test_matches_brute_force(seed):
     labels = {1: "liver", 2: "spleen"}
     rows = case_metrics(pred_l, ref_l, spacing, labels, nsd_tolerance=tol)
     pooled = case_metrics(pred_l, ref_l, spacing, labels, nsd_tolerance=tol, hd_definition="pooled")
+    assert case_metrics(pred_l, ref_l, spacing, labels, nsd_tolerance=tol, workers=2) == rows  # organs on two threads
     for row, row_pooled in zip(rows, pooled):
         lid = row["label_id"]
         ref = brute_force(pred_l == lid, ref_l == lid, np.asarray(spacing), tol=tol)

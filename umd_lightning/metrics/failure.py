@@ -68,8 +68,9 @@ def _compact_planes(points: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, .
     """
     keep = []
     for axis in range(3):
-        occupied = np.unique(points[:, axis])
-        keep.append(np.union1d(occupied, occupied[occupied + 1 < stop[axis]] + 1))
+        occupied = np.bincount(points[:, axis], minlength=int(stop[axis])).astype(bool)  # O(n), no sort
+        occupied[1:] |= occupied[:-1].copy()  # and the plane after each occupied one
+        keep.append(np.flatnonzero(occupied))
     return tuple(keep)
 
 
@@ -196,10 +197,12 @@ def case_metrics_and_failure(
     options = {**_CASE_METRICS_DEFAULTS, **metric_options}
     case = CaseArrays.of(pred, ref, spacing, list(_label_dict(labels)))
     suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
-    return [
-        {**row, **dict(zip(FAILURE_COLUMNS, _organ_columns(p, r, d_pr, case.spacing, suv_arr, options["workers"])))}
-        for row, p, r, d_pr in _score_organs(pred, ref, spacing, labels, case=case, **options)
-    ]
+
+    def with_failure_columns(row: dict[str, Any], p: _Mask | None, r: _Mask | None, d_pr: np.ndarray | None,
+                             workers: int) -> dict[str, Any]:
+        return {**row, **dict(zip(FAILURE_COLUMNS, _organ_columns(p, r, d_pr, case.spacing, suv_arr, workers)))}
+
+    return _score_organs(pred, ref, spacing, labels, case=case, per_organ=with_failure_columns, **options)
 
 
 _CASE_METRICS_DEFAULTS = {
