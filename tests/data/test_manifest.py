@@ -9,7 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from umd_lightning.data.manifest import ManifestError, PetUnitsError, check_record, read_manifest, validate_manifest
+from umd_lightning.data.manifest import (
+    ManifestError,
+    PetUnitsError,
+    check_record,
+    distinct_values,
+    read_manifest,
+    validate_manifest,
+)
 from umd_lightning.organs import UMD13
 
 
@@ -210,3 +217,19 @@ def test_missing_column_and_missing_manifest(tmp_path):
         read_manifest(path)
     with pytest.raises(ManifestError, match=r"nope\.csv: manifest file not found"):
         read_manifest(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32])
+def test_distinct_values_equal_numpy_unique(dtype):
+    """The counting path (8- and 16-bit integers, negative values, Fortran order, more than one slab)
+    and the fallback give what np.unique gives, in its dtype."""
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    low, high = (int(info.min), int(info.max)) if info is not None and info.bits <= 8 else (-300, 300)
+    if info is not None and info.min == 0:
+        low = 0
+    arr = np.asfortranarray(rng.integers(low, high + 1, (160, 160, 200)).astype(dtype))  # 5 M voxels: 2 slabs
+    arr[0, 0, 0] = dtype(high)
+    expected = np.unique(arr)
+    got = distinct_values(arr)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
