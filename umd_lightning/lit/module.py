@@ -11,6 +11,7 @@ import json
 import logging
 import traceback
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -257,20 +258,24 @@ class SegmentationModule(L.LightningModule):
         try:
             labels, prompts, affine = self._predict_case(batch)
             reference = _plain(batch["label"][0, 0]).cpu()
-            pred_path = ""
-            if self.hparams.save_predictions:
-                pred_path = str(self._save_prediction(labels, affine, meta["case_id"]))
             suv = batch["image"][0, 0] if is_pet(meta["view"]) else None  # SUV on the label grid (eval_transforms)
-            scores = case_metrics_and_failure(
-                labels,
-                reference,
-                voxel_spacing(affine),
-                self.organ_set.labels,
-                suv=suv,
-                organs_predicted=self.model.organs_predicted(self.organ_set),
-                workers=torch.get_num_threads(),  # the surface searches get the threads the network had
-                **self.metric_kwargs,
-            )
+            # The prediction is compressed to disk while the case is scored: zlib runs without the GIL,
+            # so at clinical size its second or so hides in the scoring's single-threaded stretches.
+            with ThreadPoolExecutor(1) as saver:
+                saved = None
+                if self.hparams.save_predictions:
+                    saved = saver.submit(self._save_prediction, labels, affine, meta["case_id"])
+                scores = case_metrics_and_failure(
+                    labels,
+                    reference,
+                    voxel_spacing(affine),
+                    self.organ_set.labels,
+                    suv=suv,
+                    organs_predicted=self.model.organs_predicted(self.organ_set),
+                    workers=torch.get_num_threads(),  # organs and surface searches get the threads the network had
+                    **self.metric_kwargs,
+                )
+                pred_path = str(saved.result()) if saved is not None else ""
             case = {**meta, **extra, "prediction": pred_path, "prompts": json.dumps(prompts["prompts"])}
         except Exception as exc:  # noqa: BLE001 - one broken case must not cost the others
             log.error("case %s failed: %s\n%s", meta.get("case_id"), exc, traceback.format_exc())
