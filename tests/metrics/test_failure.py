@@ -98,6 +98,17 @@ def test_farthest_component_and_suv_match_brute_force(seed, specks, columns):
     assert cols["suv_mean_ref"] == pytest.approx(suv[ref == 1].astype(np.float64).mean(), rel=1e-12)
 
 
+def test_more_components_than_uint16_counts():
+    """Labels go into uint16 when they fit; 91 125 isolated voxels (every other voxel on each axis:
+    never neighbours, even by a corner) take the int32 path and are all counted."""
+    pred, ref = _grid((90, 90, 90)), _grid((90, 90, 90))
+    pred[::2, ::2, ::2] = 1
+    ref[0, 0, 0] = 1
+    cols = failure_columns(pred, ref, (1.0, 1.0, 1.0), {1: "liver"})["liver"]
+    assert cols["n_components"] == 45**3 > 2**16
+    assert cols["farthest_component_mm"] == pytest.approx(math.sqrt(3) * 88)  # the opposite corner
+
+
 def test_suv_means_of_constant_regions():
     ref, pred = _grid(), _grid()
     ref[4:8, 4:8, 4:8] = 1  # 64 voxels at SUV 3.5

@@ -84,6 +84,18 @@ def _on_planes(arr: np.ndarray, start: Any, planes: tuple[np.ndarray, ...]) -> n
     return out
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label`` with 26-connectivity into uint16 where the count fits (half of int32's
+    bytes on a body-sized box of a scattered prediction), else int32."""
+    out = np.empty(mask.shape, dtype=np.uint16)
+    try:
+        return out, int(ndimage.label(mask, structure=_CONNECTIVITY, output=out))
+    except RuntimeError:  # more components than uint16 counts
+        del out
+        components, n = ndimage.label(mask, structure=_CONNECTIVITY)
+        return components, int(n)
+
+
 def _organ_columns(
     p: _Mask | None, r: _Mask | None, d_pr: np.ndarray | None, spacing: np.ndarray, suv: np.ndarray | None,
     workers: int,
@@ -104,7 +116,7 @@ def _organ_columns(
     planes = _compact_planes(points, p.surface.stop)
     mask = _on_planes(p.mask, p.start, planes)
     suv_pred = nan if suv is None else float(_on_planes(suv, (0, 0, 0), planes)[mask].mean(dtype=np.float64))
-    components, n = ndimage.label(mask, structure=_CONNECTIVITY)
+    components, n = _components(mask)
     if r is None:
         return int(n), nan, suv_pred, suv_ref
     touching = np.zeros(n + 1, dtype=bool)
