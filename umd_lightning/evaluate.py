@@ -130,7 +130,7 @@ def _map_labels(data: np.ndarray, path: Path, label_map: str | None, organ_set: 
     if top >= len(lut):
         lut = np.concatenate([lut, np.zeros(top + 1 - len(lut), dtype=lut.dtype)])
     # Indexing with the stored integer type avoids an int64 copy of the whole volume.
-    return np.take(lut.astype(np.uint8 if organ_set.num_classes <= 256 else np.int16), data)
+    return np.take(lut.astype(organ_set.label_dtype), data)
 
 
 def evaluate_case(job: Job) -> tuple[str, list[dict[str, Any]], str | None]:

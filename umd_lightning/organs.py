@@ -90,6 +90,22 @@ class OrganSet:
         """Output channels a network needs: background plus the largest id."""
         return max(self.labels) + 1
 
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The dtype label maps of this set are held in: :func:`label_dtype` of the largest id."""
+        return label_dtype(max(self.labels))
+
+
+def label_dtype(max_label: int) -> np.dtype:
+    """The smallest integer dtype that holds label ids 0..``max_label``: uint8 up to 255, an eighth
+    of int64's bytes (a clinical label grid of 75 M voxels: 75 MB instead of 600 MB).
+
+    Example:
+        >>> label_dtype(13), label_dtype(300)
+        (dtype('uint8'), dtype('int16'))
+    """
+    return np.dtype(np.uint8 if max_label <= 255 else np.int16 if max_label <= 32767 else np.int32)
+
 
 UMD13 = OrganSet(
     "umd13",
@@ -163,7 +179,7 @@ class LabelMap:
         labels = np.asarray(labels)
         if labels.size and (labels.min() < 0):
             raise ValueError(f"label map {self.name!r}: negative label ids in the input")
-        out_dtype = np.uint8 if organ_set.num_classes <= 256 else np.int16
+        out_dtype = organ_set.label_dtype
         if labels.size and labels.max() >= lut.size:
             lut = np.concatenate([lut, np.zeros(int(labels.max()) + 1 - lut.size, dtype=lut.dtype)])
         return lut[labels.astype(np.int64, copy=False)].astype(out_dtype)

@@ -30,7 +30,7 @@ def test_training_batches_are_paired_patches(paired_dm):
     batch = next(iter(paired_dm.train_dataloader()))
     # batch_size sessions x samples_per_volume patches each
     assert batch["anat"].shape == batch["pet"].shape == batch["label"].shape == (4, 1, 32, 32, 32)
-    assert batch["anat"].dtype == torch.float32 and batch["label"].dtype == torch.int64
+    assert batch["anat"].dtype == torch.float32 and batch["label"].dtype == torch.uint8  # widened on the device
     assert set(batch["view_of_anat"]) <= {"CT", "MRI"} and set(batch["view_of_pet"]) <= {"PET_CT", "PET_MRI"}
     for anat_view, pet_view in zip(batch["view_of_anat"], batch["view_of_pet"]):
         assert pet_view == f"PET_{anat_view}"
@@ -169,10 +169,19 @@ def test_evaluation_caches_no_session_and_training_cache_is_bounded(tiny_cohort,
     dm.setup("fit")
     assert len(sessions) > 1 and dm._train_ds.cache_num == 1 and len(dm._train_ds._cache) == 1
     assert dm._train_ds._cache[0]["label"].dtype == torch.uint8
-    assert next(iter(dm.train_dataloader()))["label"].dtype == torch.int64  # patches for the loss
+    assert next(iter(dm.train_dataloader()))["label"].dtype == torch.uint8  # patches stay small; widened on the device
     train_ds = dm._train_ds
     dm.teardown("fit")
     assert train_ds.cache_num == 0 and len(train_ds._cache) == 0
+
+    # One budget for train and val: the validation session finds it spent by the training one.
+    with_val = UMDDataModule(
+        {"layout": "synthetic", "n_subjects": 3, "scale": 3.0}, cache_dir=str(cache_dir), splits={"n_test": 1, "n_val": 1},
+        patch_size=(32, 32, 32), samples_per_volume=2, batch_size=2, train_spacing=None, train_views=["CT"],
+        train_cache_gb=(one + 1) / 2**30,
+    )
+    with_val.setup("fit")
+    assert with_val._train_ds.cache_num == 1 and with_val._val_ds.cache_num == 0
     with pytest.raises(ValueError, match="train_cache_gb"):
         _dm(cache_dir, train_cache_gb=-1)
 

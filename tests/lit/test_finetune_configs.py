@@ -233,6 +233,9 @@ def test_patch_batch_crosses_slimmed_and_stacks_the_trained_rows():
     moved = module.transfer_batch_to_device(batch, torch.device("cpu"), 0)
     assert moved["label"].dtype == torch.uint8 and torch.equal(moved["label"].long(), batch["label"])
     moved = module.on_after_batch_transfer(moved, 0)
+    assert moved["label"].dtype == torch.long  # class indices for the loss
+    wide = module.on_after_batch_transfer({**batch, "label": batch["label"].to(torch.int16)}, 0)
+    assert wide["label"].dtype == torch.long  # an organ set past 255 ids travels as int16
     logits, labels, anat_rows, pet_rows = module._patch_logits(moved)
     assert torch.equal(logits, torch.cat([batch["anat"][[0, 2]], batch["pet"][[2]]]))
     assert torch.equal(labels, batch["label"][[0, 2, 2]])

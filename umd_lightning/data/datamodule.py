@@ -77,8 +77,9 @@ class UMDDataModule(L.LightningDataModule):
         num_workers: dataloader workers. An evaluation worker prepares one case ahead (prefetch 1):
             more would hold further whole clinical-size sessions for no gain, the network being slower.
         train_cache_gb: memory for training sessions held after their deterministic transforms (MONAI
-            ``CacheDataset``), estimated from each session's label grid (float32 scan and PET, uint8
-            label, at ``train_spacing``); sessions past it are loaded at every visit. Evaluation
+            ``CacheDataset``), estimated from each session's label grid (float32 scan and PET, the
+            organ set's label dtype, at ``train_spacing``); one budget for the training sessions and then
+            the validation ones; sessions past it are loaded at every visit. Evaluation
             caches nothing: each case is read, scored and dropped.
         intensity: per-modality normalisation of training patches: the network's own
             (:class:`~umd_lightning.intensity.IntensityConfig`); evaluation volumes stay in physical units.
@@ -203,9 +204,10 @@ class UMDDataModule(L.LightningDataModule):
             if bad_train:
                 listing = "\n".join(f"  {p.case_id}: {p}" for p in bad_train)
                 raise ValueError(f"cannot train on unusable case(s):\n{listing}")
-            self._train_ds = self._paired_dataset("train")
+            # One cache budget for both: training sessions first, validation gets what they leave.
+            self._train_ds, used = self._paired_dataset("train", self.train_cache_gb * 2**30)
             if self.splits["val"]:
-                self._val_ds = self._paired_dataset("val")
+                self._val_ds, _ = self._paired_dataset("val", self.train_cache_gb * 2**30 - used)
         if stage in ("test", "predict", None):
             self._validate(self._eval_candidates())
 
@@ -252,7 +254,8 @@ class UMDDataModule(L.LightningDataModule):
                 )
         return items
 
-    def _paired_dataset(self, split: str) -> CacheDataset:
+    def _paired_dataset(self, split: str, budget_bytes: float) -> tuple[CacheDataset, int]:
+        """The split's sessions, as many cached as ``budget_bytes`` holds; returns the bytes they take."""
         items = self._paired_items(split)
         if not items:
             raise ValueError(f"no {split} sessions hold the views {self.train_views} (subjects {self.splits[split]})")
@@ -264,11 +267,11 @@ class UMDDataModule(L.LightningDataModule):
                 paired_patch_transforms(self.patch_size, self.samples_per_volume),
             ]
         ).flatten()
-        cache_num = sessions_within(items, self.train_cache_gb * 2**30, self.train_spacing)
+        cache_num, used = sessions_within(items, budget_bytes, self.train_spacing, self.organ_set.label_dtype.itemsize)
         if cache_num < len(items):
-            log.info("%s: %d of %d sessions cached in memory (data.train_cache_gb=%g); the others are read at each visit",
-                     split, cache_num, len(items), self.train_cache_gb)
-        return CacheDataset(items, transform=transform, cache_num=cache_num, num_workers=None, progress=False)
+            log.info("%s: %d of %d sessions cached in memory (data.train_cache_gb=%g, shared by train and val); "
+                     "the others are read at each visit", split, cache_num, len(items), self.train_cache_gb)
+        return CacheDataset(items, transform=transform, cache_num=cache_num, num_workers=None, progress=False), used
 
     def teardown(self, stage: str) -> None:
         # The trainer keeps its fit loaders after fit: empty their caches so an evaluation that
@@ -384,9 +387,10 @@ class UMDDataModule(L.LightningDataModule):
         return self._eval_loader()
 
 
-def session_bytes(item: Mapping[str, Any], spacing: Sequence[float] | None) -> int:
+def session_bytes(item: Mapping[str, Any], spacing: Sequence[float] | None, label_bytes: int = 1) -> int:
     """Bytes one cached training session holds: its anatomical scan and PET as float32 and its label
-    as uint8 on the label grid (resampled to ``spacing`` mm when given), from the label's header."""
+    at ``label_bytes`` per voxel on the label grid (resampled to ``spacing`` mm when given), from the
+    label's header."""
     import nibabel as nib
     import numpy as np
 
@@ -394,17 +398,20 @@ def session_bytes(item: Mapping[str, Any], spacing: Sequence[float] | None) -> i
     shape = np.asarray(header.get_data_shape()[:3], dtype=np.float64)
     if spacing is not None:
         shape = np.ceil(shape * np.asarray(header.get_zooms()[:3], dtype=np.float64) / np.asarray(spacing, dtype=np.float64))
-    return int(np.prod(shape)) * (4 + 4 + 1)
+    return int(np.prod(shape)) * (4 + 4 + int(label_bytes))
 
 
-def sessions_within(items: Sequence[Mapping[str, Any]], budget_bytes: float, spacing: Sequence[float] | None) -> int:
-    """How many of ``items`` (in order) fit in ``budget_bytes`` once cached."""
+def sessions_within(
+    items: Sequence[Mapping[str, Any]], budget_bytes: float, spacing: Sequence[float] | None, label_bytes: int = 1
+) -> tuple[int, int]:
+    """How many of ``items`` (in order) fit in ``budget_bytes`` once cached, and the bytes they take."""
     total = 0
     for n, item in enumerate(items):
-        total += session_bytes(item, spacing)
-        if total > budget_bytes:
-            return n
-    return len(items)
+        size = session_bytes(item, spacing, label_bytes)
+        if total + size > budget_bytes:
+            return n, total
+        total += size
+    return len(items), total
 
 
 class _Repeat(TorchDataset):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -31,6 +32,7 @@ from monai.transforms import (
 from umd_lightning.grids import resample
 from umd_lightning.intensity import IntensityConfig, normalise_view
 from umd_lightning.organs import check_view
+from umd_lightning.organs import label_dtype as ids_dtype
 
 ORIENTATION = "RAS"
 # Stated explicitly: MONAI is changing the default meaning of axis letters.
@@ -126,8 +128,8 @@ class StoredDtyped(MapTransform):
 
 
 def label_dtype(max_label: int) -> torch.dtype:
-    """The smallest integer dtype that holds label ids up to ``max_label``."""
-    return torch.uint8 if max_label <= 255 else torch.int16 if max_label <= 32767 else torch.int32
+    """:func:`umd_lightning.organs.label_dtype` as a torch dtype."""
+    return torch.from_numpy(np.empty(0, dtype=ids_dtype(max_label))).dtype
 
 
 def eval_transforms(channels: int = 1, label_dtype: torch.dtype = torch.uint8) -> Compose:
@@ -226,7 +228,7 @@ def paired_patch_transforms(
             ),
             RandScaleIntensityd(keys=["anat", "pet"], factors=0.1, prob=0.5),
             RandShiftIntensityd(keys=["anat", "pet"], offsets=0.05, prob=0.5),
-            EnsureTyped(keys="label", dtype=torch.int64, track_meta=False),
+            EnsureTyped(keys="label", track_meta=False),  # at its stored dtype: widened on the device
         ]
     )
 

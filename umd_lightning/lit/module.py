@@ -24,6 +24,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from umd_lightning.data.layouts.labels import save_nifti_atomic
+from umd_lightning.data.transforms import label_dtype
 from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
 from umd_lightning.metrics.failure import case_metrics_and_failure
 from umd_lightning.metrics.functional import failed_rows, metrics_metadata
@@ -108,6 +109,7 @@ class SegmentationModule(L.LightningModule):
         self.frozen = freeze_parameters(net, freeze)
         self._frozen_modules = frozen_modules(net) if self.frozen else []
         self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
+        self._label_dtype = label_dtype(max(self.organ_set.labels))
         self.train_views = tuple(train_views)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.metric_kwargs = dict(
@@ -138,16 +140,17 @@ class SegmentationModule(L.LightningModule):
                 if batch.get(key) is not None and not bool(flags[use].any()):
                     batch[key] = None
             label = batch.get("label")
-            if isinstance(label, torch.Tensor) and not label.is_floating_point() and self.organ_set.num_classes <= 256:
-                batch["label"] = label.to(torch.uint8)
+            if isinstance(label, torch.Tensor) and not label.is_floating_point():
+                batch["label"] = label.to(self._label_dtype)
             return {**super().transfer_batch_to_device(batch, device, dataloader_idx), **flags}
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Patch batches only: a whole evaluation volume keeps its uint8 label (int64 would be 8x the size).
+        # Patch batches only: a whole evaluation volume keeps its small label (int64 would be 8x the size).
         patches = isinstance(batch, Mapping) and "anat" in batch
-        if patches and isinstance(batch.get("label"), torch.Tensor) and batch["label"].dtype == torch.uint8:
-            batch = {**batch, "label": batch["label"].long()}
+        label = batch.get("label") if patches else None
+        if isinstance(label, torch.Tensor) and not label.is_floating_point() and label.dtype != torch.long:
+            batch = {**batch, "label": label.long()}  # the loss wants class indices as int64
         # The expensive augmentation (affine resampling) runs here, on the device, not in CPU workers.
         trainer = self._trainer  # the property raises when no trainer is attached
         if self.augment is not None and trainer is not None and trainer.training and isinstance(batch, Mapping):
@@ -243,9 +246,7 @@ class SegmentationModule(L.LightningModule):
             if model_image is not image:
                 reference = labels_to_grid(reference, affine, model_image.affine, model_image.shape[1:])
         pred = self.model.predict_volume(_plain(model_image)[None].float(), meta, self.organ_set, _plain(reference))
-        labels = pred.labels.cpu()
-        if self.organ_set.num_classes <= 256:
-            labels = labels.to(torch.uint8)  # organ ids: a clinical label grid is 8x smaller than in int64
+        labels = pred.labels.cpu().to(self._label_dtype)  # organ ids: a clinical label grid is 8x smaller than in int64
         if model_image is not image:
             model_affine = model_image.affine
             del model_image, reference  # freed before the labels grow back to the label grid
@@ -291,8 +292,7 @@ class SegmentationModule(L.LightningModule):
 
     def _save_prediction(self, labels: torch.Tensor, affine: np.ndarray, case_id: str) -> Path:
         out = self.results_path / "predictions" / f"{case_id}.nii.gz"
-        dtype = np.uint8 if self.organ_set.num_classes <= 256 else np.int16
-        img = nib.Nifti1Image(labels.numpy().astype(dtype, copy=False), affine)
+        img = nib.Nifti1Image(labels.numpy().astype(self.organ_set.label_dtype, copy=False), affine)
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
         save_nifti_atomic(img, out)

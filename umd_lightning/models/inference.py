@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from umd_lightning.organs import label_dtype
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["WindowPlan", "plan_windows", "sliding_window_labels", "tta_flips"]
@@ -751,7 +753,7 @@ def _run(
                 stager.consumed()
                 if blender is None:
                     num_classes = int(logits.shape[1])
-                    dtype = torch.uint8 if num_classes <= 256 else torch.int16 if num_classes <= 32768 else torch.int32
+                    dtype = torch.from_numpy(np.empty(0, label_dtype(num_classes - 1))).dtype
                     with torch.inference_mode(False):  # a normal tensor: callers may edit it in place
                         out = torch.empty(plan.image_size, dtype=dtype)
                     if save_probabilities is not None:
