@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -63,8 +62,6 @@ EmptyPolicy = Literal["worst", "exclude"]
 HDDefinition = Literal["max_directed", "pooled"]
 NSDDefinition = Literal["voxel_count", "surfel_area"]
 DistanceMethod = Literal["window", "kdtree", "edt"]
-#: Threads for a k-d tree search: a count, or a callable asked before each chunk of queries.
-Workers = int | Callable[[], int]
 
 HD_DEFINITIONS: tuple[str, ...] = ("max_directed", "pooled")
 NSD_DEFINITIONS: tuple[str, ...] = ("voxel_count", "surfel_area")
@@ -370,28 +367,16 @@ def _window_search(
     return out
 
 
-# Points per k-d tree query when the threads it may use change while it runs (a ``_Cores``).
-_QUERY_CHUNK = 1 << 16
-
-
 def _kdtree_search(
-    src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: Workers, upper_bound: float = np.inf
+    src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: int, upper_bound: float = np.inf
 ) -> np.ndarray:
     """Exact distances (mm) from ``src`` (N, 3) to the nearest point of ``dst`` by a k-d tree
-    (inf beyond ``upper_bound``). ``workers``: threads, or a callable giving them as the search goes."""
+    (inf beyond ``upper_bound``)."""
     if len(src) == 0:
         return np.zeros(0)
     # Unbalanced, non-compact trees build several times faster on grid points and query as fast.
     tree = cKDTree(dst.points * spacing, leafsize=32, balanced_tree=False, compact_nodes=False)
-    if isinstance(workers, int):
-        return tree.query(src * spacing, k=1, workers=workers, distance_upper_bound=upper_bound)[0]
-    # In chunks, each with the threads free when it starts: a long search (a scattered prediction's
-    # million far voxels) takes over the cores other organs leave once they are done.
-    out = np.empty(len(src))
-    for start in range(0, len(src), _QUERY_CHUNK):
-        part = src[start : start + _QUERY_CHUNK] * spacing
-        out[start : start + len(part)] = tree.query(part, k=1, workers=workers(), distance_upper_bound=upper_bound)[0]
-    return out
+    return tree.query(src * spacing, k=1, workers=workers, distance_upper_bound=upper_bound)[0]
 
 
 def _edt_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray) -> np.ndarray:
@@ -407,7 +392,7 @@ def _edt_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray) -> np.ndarr
     return dist[tuple((src - lo).T)]
 
 
-def _nearest(src: np.ndarray, dst: _Surface, spacing: np.ndarray, method: DistanceMethod, workers: Workers) -> np.ndarray:
+def _nearest(src: np.ndarray, dst: _Surface, spacing: np.ndarray, method: DistanceMethod, workers: int) -> np.ndarray:
     """Exact distances (mm) from every point of ``src`` (N, 3) to the nearest point of ``dst``."""
     if method == "window":
         out = _window_search(src, dst, spacing, _window_radius(spacing), give_up=True)
@@ -422,7 +407,7 @@ def _nearest(src: np.ndarray, dst: _Surface, spacing: np.ndarray, method: Distan
     raise ValueError(f"distance_method must be one of {DISTANCE_METHODS}, got {method!r}")
 
 
-def _within(src: np.ndarray, dst: _Surface, spacing: np.ndarray, tol: float, workers: Workers) -> np.ndarray:
+def _within(src: np.ndarray, dst: _Surface, spacing: np.ndarray, tol: float, workers: int) -> np.ndarray:
     """Whether each point of ``src`` has a point of ``dst`` within ``tol`` mm (bool (N,))."""
     if len(_offsets(tuple(float(s) for s in spacing), tol)[1]) <= 4 * _WINDOW_OFFSETS:
         return np.isfinite(_window_search(src, dst, spacing, tol))
@@ -448,9 +433,7 @@ def _surfels(m: _Mask, area_table: np.ndarray) -> tuple[_Surface, np.ndarray]:
     return corners, area_table[code.ravel()[np.flatnonzero(border)]]
 
 
-def _surfel_nsd(
-    p: _Mask, r: _Mask, spacing: np.ndarray, tol: float, area_table: np.ndarray, workers: Workers
-) -> float:
+def _surfel_nsd(p: _Mask, r: _Mask, spacing: np.ndarray, tol: float, area_table: np.ndarray, workers: int) -> float:
     cp, ap = _surfels(p, area_table)
     cr, ar = _surfels(r, area_table)
     ok_p = _within(cp.points, cr, spacing, tol, workers)
@@ -637,7 +620,7 @@ def _score_organs(
     q = float(hd_percentile)
     area_table = surfel_area_table(sp_t) if nsd_definition == "surfel_area" else None
     threads = _threads(workers, len(labels))
-    search_workers: Workers = _cores(workers) if threads == 1 else _Cores(_cores(workers), threads, len(labels))
+    search_workers = max(1, _cores(workers) // threads)
 
     def score(label_id: int) -> Any:
         organ = labels[label_id]
@@ -688,35 +671,13 @@ def _score_organs(
         }
         return row if per_organ is None else per_organ(row, p, r, d_pr, search_workers)
 
-    def score_and_release(label_id: int) -> Any:
-        try:
-            return score(label_id)
-        finally:
-            search_workers.organ_done()
-
     ids = sorted(labels)
     if threads == 1:
         return [score(i) for i in ids]
     largest_first = sorted(ids, key=case.box_voxels, reverse=True)
     with ThreadPoolExecutor(threads) as pool:
-        done = dict(zip(largest_first, pool.map(score_and_release, largest_first)))
+        done = dict(zip(largest_first, pool.map(score, largest_first)))
     return [done[i] for i in ids]
-
-
-class _Cores:
-    """Threads one organ's surface search may use now: the cores, shared among the organs in flight
-    (one per organ thread while every thread is busy; more as the last organs finish)."""
-
-    def __init__(self, cores: int, threads: int, organs: int) -> None:
-        self.cores, self.threads, self.left = cores, threads, organs
-        self._lock = threading.Lock()
-
-    def organ_done(self) -> None:
-        with self._lock:
-            self.left -= 1
-
-    def __call__(self) -> int:
-        return max(1, self.cores // max(1, min(self.threads, self.left)))
 
 
 def _cores(workers: int) -> int:
