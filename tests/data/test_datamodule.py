@@ -191,3 +191,22 @@ def test_eval_loader_reads_one_case_ahead(tiny_cohort, cache_dir):
     dm.setup("test")
     loader = dm.test_dataloader()
     assert loader.num_workers == 1 and loader.prefetch_factor == 1
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float32])
+def test_blocked_reader_gives_nibabels_voxels_in_c_order(tmp_path, dtype):
+    """The loader's tiled Fortran-to-C copy: the voxels nibabel reads, on a grid that is no multiple of
+    the tile (and a 4D file, which takes numpy's copy)."""
+    import nibabel as nib
+
+    from umd_lightning.data.transforms import BlockedNibabelReader, c_contiguous
+
+    rng = np.random.default_rng(1)
+    vol = rng.integers(0, 200, (37, 29, 70)).astype(dtype)
+    path = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 0.8, 2.0, 1.0])), path)
+    reader = BlockedNibabelReader()
+    data, _ = reader.get_data(reader.read(str(path)))
+    assert data.flags.c_contiguous and data.dtype == dtype and np.array_equal(data, vol)
+    four_d = np.asfortranarray(rng.random((5, 4, 3, 2)))
+    assert np.array_equal(c_contiguous(four_d), four_d) and c_contiguous(four_d).flags.c_contiguous

