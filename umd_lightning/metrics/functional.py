@@ -601,9 +601,9 @@ def _score_organs(
     distances (mm) from every predicted surface voxel (in ``pred_mask.surface.points`` order) to the
     reference surface, None where they were not needed, while they are still in memory.
 
-    Organs are scored on up to ``workers`` threads, the largest boxes first: most of the work (the
-    k-d tree, numpy's gathers and reductions) runs without the GIL, and on a scattered zero-shot
-    prediction the rest of one organ's work is single-threaded.
+    Organs are scored on up to ``workers`` threads (at most ``_MAX_ORGAN_THREADS``), the largest boxes
+    first: most of the work (the k-d tree, numpy's gathers and reductions) runs without the GIL, and
+    on a scattered zero-shot prediction the rest of one organ's work is single-threaded.
 
     ``case`` (a :class:`CaseArrays` of the same pred, ref and spacing) spares its passes over the maps.
     """
@@ -685,8 +685,13 @@ def _cores(workers: int) -> int:
     return int(workers) if workers >= 1 else os.cpu_count() or 1
 
 
+# Organs scored at once at most: each holds its masks, surfaces and distances (a few hundred MB for a
+# scattered prediction at clinical size), so a many-core machine gives the rest to the k-d trees instead.
+_MAX_ORGAN_THREADS = 4
+
+
 def _threads(workers: int, n_organs: int) -> int:
-    return max(1, min(_cores(workers), n_organs))
+    return max(1, min(_cores(workers), n_organs, _MAX_ORGAN_THREADS))
 
 
 def failed_rows(labels: Mapping[int, str], error: str = "") -> list[dict[str, Any]]:
