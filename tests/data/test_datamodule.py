@@ -176,9 +176,9 @@ def test_evaluation_caches_no_session_and_training_cache_is_bounded(tiny_cohort,
 
     # One budget for train and val: the validation session finds it spent by the training one.
     with_val = UMDDataModule(
-        {"layout": "synthetic", "n_subjects": 3, "scale": 3.0}, cache_dir=str(cache_dir), splits={"n_test": 1, "n_val": 1},
-        patch_size=(32, 32, 32), samples_per_volume=2, batch_size=2, train_spacing=None, train_views=["CT"],
-        train_cache_gb=(one + 1) / 2**30,
+        {"layout": "synthetic", "n_subjects": 3, "scale": 3.0}, cache_dir=str(cache_dir),
+        splits={"n_test": 1, "n_val": 1}, patch_size=(32, 32, 32), samples_per_volume=2, batch_size=2,
+        train_spacing=None, train_views=["CT"], train_cache_gb=(one + 1) / 2**30,
     )
     with_val.setup("fit")
     assert with_val._train_ds.cache_num == 1 and with_val._val_ds.cache_num == 0

@@ -182,7 +182,9 @@ def eval_transforms(channels: int = 1, label_dtype: torch.dtype = torch.uint8) -
     if channels > 1:
         steps.append(SplitPaths(keys))
     steps += [
-        LoadImaged(keys=[*keys, "label"], reader=BlockedNibabelReader, ensure_channel_first=True, image_only=True, dtype=None),
+        LoadImaged(
+            keys=[*keys, "label"], reader=BlockedNibabelReader, ensure_channel_first=True, image_only=True, dtype=None
+        ),
         StoredDtyped(keys=keys, label_dtype=label_dtype),
         # Oriented first (a flip, at the stored dtype): then a PET and its label grid share axes and
         # the PET is resampled separably.
