@@ -10,11 +10,11 @@ from umd_lightning.data.datamodule import UMDDataModule
 from umd_lightning.organs import UMD13, VIEWS
 
 
-def _dm(cache_dir, **kw):
+def _dm(cache_dir, splits=None, **kw):
     source = {"layout": "synthetic", "n_subjects": 3, "scale": 3.0}
     return UMDDataModule(
-        source, cache_dir=str(cache_dir), splits={"n_test": 1}, patch_size=(32, 32, 32), samples_per_volume=2,
-        batch_size=2, train_spacing=None, **kw,
+        source, cache_dir=str(cache_dir), splits=splits or {"n_test": 1}, patch_size=(32, 32, 32),
+        samples_per_volume=2, batch_size=2, train_spacing=None, **kw,
     )
 
 
@@ -175,11 +175,7 @@ def test_evaluation_caches_no_session_and_training_cache_is_bounded(tiny_cohort,
     assert train_ds.cache_num == 0 and len(train_ds._cache) == 0
 
     # One budget for train and val: the validation session finds it spent by the training one.
-    with_val = UMDDataModule(
-        {"layout": "synthetic", "n_subjects": 3, "scale": 3.0}, cache_dir=str(cache_dir),
-        splits={"n_test": 1, "n_val": 1}, patch_size=(32, 32, 32), samples_per_volume=2, batch_size=2,
-        train_spacing=None, train_views=["CT"], train_cache_gb=(one + 1) / 2**30,
-    )
+    with_val = _dm(cache_dir, splits={"n_test": 1, "n_val": 1}, train_views=["CT"], train_cache_gb=(one + 1) / 2**30)
     with_val.setup("fit")
     assert with_val._train_ds.cache_num == 1 and with_val._val_ds.cache_num == 0
     with pytest.raises(ValueError, match="train_cache_gb"):
