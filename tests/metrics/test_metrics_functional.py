@@ -180,7 +180,7 @@ def test_distance_methods_agree_including_far_outliers():
 
 def test_window_search_gives_up_on_a_far_prediction(monkeypatch):
     """A prediction mostly far from the reference (zero-shot PET) leaves the windowed search early
-    for the k-d tree, and the distances stay exact."""
+    for the far-point search, and the distances stay exact."""
     rng = np.random.default_rng(3)
     shape = (40, 40, 40)
     ref = np.zeros(shape, bool)
@@ -190,21 +190,48 @@ def test_window_search_gives_up_on_a_far_prediction(monkeypatch):
     pred |= rng.random(shape) > 0.999  # and some scatter
     spacing = (1.5, 1.0, 1.0)
     handed = []
-    kdtree = F._kdtree_search
+    far_search = F._far_search
 
     def spy(src, *args, **kwargs):
         handed.append(len(src))
-        return kdtree(src, *args, **kwargs)
+        return far_search(src, *args, **kwargs)
 
-    monkeypatch.setattr(F, "_kdtree_search", spy)
+    monkeypatch.setattr(F, "_far_search", spy)
     window = case_metrics(pred, ref, spacing, {1: "x"}, distance_method="window", hd_percentile=100.0)[0]
-    n_window_handed = sum(handed)
-    monkeypatch.setattr(F, "_kdtree_search", kdtree)
+    monkeypatch.undo()
     edt = case_metrics(pred, ref, spacing, {1: "x"}, distance_method="edt", hd_percentile=100.0)[0]
+    ref_rows = brute_force(pred, ref, np.asarray(spacing), q=100.0)
     for key in ("hd95", "nsd", "assd"):
-        assert window[key] == pytest.approx(edt[key], abs=1e-9)
+        assert window[key] == pytest.approx(ref_rows[key], abs=1e-9)
+        assert edt[key] == pytest.approx(ref_rows[key], abs=1e-9)
     surface_points = int(F._boundary(pred).sum() + F._boundary(ref).sum())
-    assert n_window_handed > 0.9 * surface_points
+    assert sum(handed) > 0.9 * surface_points
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_far_points_go_to_the_cheaper_exact_search(monkeypatch, many):
+    """A few far points go to the k-d tree; a scattered prediction's many far points to the sweep,
+    whose cost does not grow with the distances. Both give the brute-force distances."""
+    rng = np.random.default_rng(5)
+    shape = (60, 60, 60)
+    ref = box(shape, (5, 5, 5), (15, 15, 15))
+    pred = ref.copy()
+    if many:
+        pred |= rng.random(shape) > 0.9  # scatter over the whole grid, most of it far from ref
+    else:
+        pred[50:52, 50:52, 50:52] = True  # one small far blob
+    spacing = np.array([1.2, 1.0, 0.8])
+    used = []
+    for name in ("_kdtree_search", "_sweep_search"):
+        original = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda *a, _f=original, _n=name, **k: used.append(_n) or _f(*a, **k))
+    row = case_metrics(pred, ref, spacing, {1: "x"}, hd_percentile=100.0)[0]
+    want = brute_force(pred, ref, spacing, q=100.0)
+    for key in ("hd95", "nsd", "assd"):
+        assert row[key] == pytest.approx(want[key], abs=1e-9)
+    assert ("_sweep_search" in used) == many
+    assert ("_kdtree_search" in used) == (not many)
+
 
 def test_torch_and_numpy_inputs_agree():
     rng = np.random.default_rng(11)
