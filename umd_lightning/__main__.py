@@ -49,6 +49,9 @@ def _check_run_dir(overrides: list[str]) -> None:
 def _main(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 
+    from umd_lightning.runtime import keep_freed_memory
+
+    keep_freed_memory()  # before torch is imported and starts threads: then they all share one arena
     from umd_lightning.lit.run import run
 
     try:

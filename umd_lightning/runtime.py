@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 _tuned = False
 
 
@@ -24,6 +25,11 @@ def keep_freed_memory() -> bool:
     mmap off and trimming off, freed blocks are reused (3 s of system time, 80 s in all) at the
     price of a peak RSS that stays reserved (1.2 -> 1.5 GB). This is the effect the PyTorch CPU
     tuning guide gets from jemalloc or tcmalloc, without a preloaded library.
+
+    All threads then share one arena: untrimmed, every thread's arena would keep its own high-water
+    mark, and the threads that score organs, save predictions and run k-d trees each reached one. At
+    clinical size (scale 0.33) the main process peaked at 2.59 GB with glibc's default arenas, 2.18 GB
+    with one, and ran faster (6.0 s per case instead of 6.6).
 
     Set ``UMD_KEEP_FREED_MEMORY=0`` to leave the allocator alone. A no-op off glibc.
 
@@ -42,7 +48,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     # 2**31 - 1 is the largest trim threshold mallopt takes; no heap top that size is ever trimmed
-    _tuned = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _tuned = all(mallopt(param, value) for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
     if _tuned:
-        log.debug("glibc malloc: mmap off, trim threshold 2 GiB")
+        log.debug("glibc malloc: mmap off, trim threshold 2 GiB, one arena")
     return _tuned

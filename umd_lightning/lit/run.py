@@ -205,6 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for marker in (SKIPPED_FILE, FAILED_FILE):  # a sweep's earlier verdict on this folder no longer holds
         (out / marker).unlink(missing_ok=True)
 
+    keep_freed_memory()  # the CLI has called it before importing torch; a direct caller of run() gets it here
     datamodule = instantiate(cfg.data, **data_kwargs(cfg))
     fingerprint = None
     if rank_zero_only.rank == 0:
@@ -218,7 +219,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # every file the evaluation reads is checked before anything else runs (a PET in Bq/ml stops here)
         datamodule.setup("test")
 
-    keep_freed_memory()
     L.seed_everything(int(cfg.seed), workers=True)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
