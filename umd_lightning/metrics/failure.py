@@ -19,7 +19,8 @@ the boundary of the predicted mask is the union of its components' boundaries un
 
 Cost: evaluation calls :func:`case_metrics_and_failure`, which takes each organ's masks, surfaces
 and predicted-to-reference surface distances from the case metrics' own pass (HD95 needs the
-distance of every predicted surface voxel); what is left is one ``scipy.ndimage.label`` on the
+distance of every predicted surface voxel); what is left is one component labelling (equal to
+``scipy.ndimage.label`` with 26-connectivity, by runs: :mod:`umd_lightning.metrics._components`) on the
 prediction's compact grid (its empty planes dropped, one kept per gap: :func:`_compact_planes`, so
 specks far apart do not make a grid of the whole volume) and a look-up of which components touch
 the reference inside the reference's box. :func:`failure_columns` alone does the same on its own
@@ -34,13 +35,10 @@ import inspect
 from typing import Any, Mapping
 
 import numpy as np
-from scipy import ndimage
 
+from umd_lightning.metrics._components import label26
 from umd_lightning.metrics.functional import CaseArrays, _label_dict, _Mask, _nearest, _score_organs, case_metrics
 from umd_lightning.results import FAILURE_COLUMNS
-
-#: 26-connectivity: the predicted components a reader would see as one blob are one.
-_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 
 def _suv_array(suv: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -84,16 +82,9 @@ def _on_planes(arr: np.ndarray, start: Any, planes: tuple[np.ndarray, ...]) -> n
     return out
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """``scipy.ndimage.label`` with 26-connectivity into uint16 where the count fits (half of int32's
-    bytes on a body-sized box of a scattered prediction), else int32."""
-    out = np.empty(mask.shape, dtype=np.uint16)
-    try:
-        return out, int(ndimage.label(mask, structure=_CONNECTIVITY, output=out))
-    except RuntimeError:  # more components than uint16 counts
-        del out
-        components, n = ndimage.label(mask, structure=_CONNECTIVITY)
-        return components, int(n)
+def _mean_in(values: np.ndarray, m: _Mask) -> float:
+    """Mean of ``values`` (the whole grid) inside the mask, read through the mask's box: no copy of it."""
+    return float(values[tuple(slice(int(a), int(b)) for a, b in zip(m.start, m.surface.stop))][m.mask].mean(dtype=np.float64))
 
 
 def _organ_columns(
@@ -107,16 +98,14 @@ def _organ_columns(
     components apart from the reference only.
     """
     nan = float("nan")
-    suv_ref = nan if suv is None or r is None else float(
-        suv[tuple(slice(int(a), int(b)) for a, b in zip(r.start, r.surface.stop))][r.mask].mean(dtype=np.float64)
-    )
+    suv_ref = nan if suv is None or r is None else _mean_in(suv, r)
     if p is None:
         return 0, nan, nan, suv_ref
+    suv_pred = nan if suv is None else _mean_in(suv, p)
     points = p.surface.points
     planes = _compact_planes(points, p.surface.stop)
     mask = _on_planes(p.mask, p.start, planes)
-    suv_pred = nan if suv is None else float(_on_planes(suv, (0, 0, 0), planes)[mask].mean(dtype=np.float64))
-    components, n = _components(mask)
+    components, n = label26(mask)
     if r is None:
         return int(n), nan, suv_pred, suv_ref
     touching = np.zeros(n + 1, dtype=bool)
@@ -182,7 +171,7 @@ def failure_columns(
         (2, 30.0, 3.0)
     """
     labels = _label_dict(labels)
-    case = CaseArrays.of(pred, ref, spacing, list(labels))
+    case = CaseArrays.of(pred, ref, spacing, list(labels), workers)
     suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
     return {
         labels[i]: dict(zip(FAILURE_COLUMNS, _organ_columns(*case.masks(i), None, case.spacing, suv_arr, workers)))
@@ -207,7 +196,7 @@ def case_metrics_and_failure(
         One dict per organ with the keys of ``ROW_KEYS`` and of :data:`FAILURE_COLUMNS`.
     """
     options = {**_CASE_METRICS_DEFAULTS, **metric_options}
-    case = CaseArrays.of(pred, ref, spacing, list(_label_dict(labels)))
+    case = CaseArrays.of(pred, ref, spacing, list(_label_dict(labels)), options["workers"])
     suv_arr = None if suv is None else _suv_array(suv, case.pred.shape)
 
     def with_failure_columns(row: dict[str, Any], p: _Mask | None, r: _Mask | None, d_pr: np.ndarray | None,

@@ -548,14 +548,21 @@ class CaseArrays:
     ref_boxes: list[tuple[slice, ...] | None]
 
     @classmethod
-    def of(cls, pred: Any, ref: Any, spacing: Any, label_ids: Sequence[int]) -> "CaseArrays":
+    def of(cls, pred: Any, ref: Any, spacing: Any, label_ids: Sequence[int], workers: int = 1) -> "CaseArrays":
+        """The maps as numpy, checked, and their boxes (the two maps' passes on two threads when
+        ``workers`` allows: numpy's gathers and reductions run without the GIL)."""
         p_arr = _to_numpy(pred, "pred")
         r_arr = _to_numpy(ref, "ref")
         if p_arr.shape != r_arr.shape:
             raise ValueError(f"pred and ref must be on the same grid, got shapes {p_arr.shape} and {r_arr.shape}")
         sp = np.asarray(_check_spacing(spacing))
         max_label = max(label_ids)
-        return cls(p_arr, r_arr, sp, _bounding_boxes(p_arr, max_label), _bounding_boxes(r_arr, max_label))
+        if _cores(workers) > 1:
+            with ThreadPoolExecutor(2) as pool:
+                p_boxes, r_boxes = pool.map(_bounding_boxes, (p_arr, r_arr), (max_label, max_label))
+        else:
+            p_boxes, r_boxes = _bounding_boxes(p_arr, max_label), _bounding_boxes(r_arr, max_label)
+        return cls(p_arr, r_arr, sp, p_boxes, r_boxes)
 
     def box_voxels(self, label_id: int) -> int:
         """Voxels in the organ's predicted and reference boxes: the size of its work."""
@@ -633,7 +640,7 @@ def _score_organs(
     _check_options(empty_policy, hd_percentile, hd_definition, nsd_definition)
     labels = _label_dict(labels)
     if case is None:
-        case = CaseArrays.of(pred, ref, spacing, list(labels))
+        case = CaseArrays.of(pred, ref, spacing, list(labels), workers)
     p_arr, spacing_arr = case.pred, case.spacing
     sp_t = tuple(float(s) for s in spacing_arr)
     tolerances = _organ_tolerances(labels, nsd_tolerance)
