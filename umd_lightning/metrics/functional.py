@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -406,6 +407,19 @@ def _far_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: in
     if sweep < kd:
         return _sweep_search(src, dst, spacing, workers)
     return _kdtree_search(src, dst, spacing, workers)
+
+
+def warm_far_search() -> threading.Thread:
+    """Load the sweep's compiled kernels on a background thread (about 1 s of numba's start-up, more
+    the first time on a machine), so that an evaluation can do it while its first case is predicted."""
+    def load() -> None:
+        from umd_lightning.metrics import _edt
+
+        _edt.warm()
+
+    thread = threading.Thread(target=load, name="warm-far-search", daemon=True)
+    thread.start()
+    return thread
 
 
 def _sweep_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: int) -> np.ndarray:
