@@ -29,6 +29,7 @@ from monai.transforms import (
     Transform,
 )
 
+from umd_lightning.data.niigz import read_voxels
 from umd_lightning.grids import resample
 from umd_lightning.intensity import IntensityConfig, normalise_view
 from umd_lightning.organs import check_view
@@ -148,11 +149,13 @@ def c_contiguous(arr: np.ndarray, block: int = 32) -> np.ndarray:
 
 
 class BlockedNibabelReader(NibabelReader):
-    """MONAI's ``NibabelReader``, its voxels made C-contiguous by :func:`c_contiguous`: MONAI would
-    do it with numpy's strided copy, the loader's largest cost after decompression."""
+    """MONAI's ``NibabelReader``, its voxels inflated in one call
+    (:func:`~umd_lightning.data.niigz.read_voxels`) and made C-contiguous by :func:`c_contiguous`: MONAI
+    would do it with numpy's strided copy, the loader's largest cost after decompression."""
 
     def _get_array_data(self, img, *args, **kwargs):
-        return c_contiguous(super()._get_array_data(img, *args, **kwargs))
+        voxels = read_voxels(img)
+        return c_contiguous(voxels if voxels is not None else super()._get_array_data(img, *args, **kwargs))
 
 
 def label_dtype(max_label: int) -> torch.dtype:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from umd_lightning.data.layouts.labels import save_nifti_atomic
+from umd_lightning.data.niigz import save_nifti_atomic
 from umd_lightning.data.transforms import label_dtype
 from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
 from umd_lightning.metrics.failure import case_metrics_and_failure

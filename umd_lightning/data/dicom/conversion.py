@@ -16,7 +16,7 @@ from umd_lightning.data.dicom.errors import DicomError, _number
 from umd_lightning.data.dicom.seg import read_seg, segment_lookup
 from umd_lightning.data.dicom.suv import suv_factors
 from umd_lightning.data.dicom.volume import Volume, read_enhanced, read_series
-from umd_lightning.data.layouts.labels import save_nifti_atomic
+from umd_lightning.data.niigz import save_nifti_atomic
 from umd_lightning.organs import LabelMap, OrganSet, get_organ_set, load_label_map
 from umd_lightning.results import ensure_writable
 

@@ -29,12 +29,13 @@ shares), one module per layout (``nnunet``, ``autopet``, ``pattern``, ``manifest
 """
 
 from umd_lightning.data.layouts.autopet import read_autopet
-from umd_lightning.data.layouts.labels import LabelConverter, LabelMapOption, default_cache_dir, map_label_file, save_nifti_atomic
+from umd_lightning.data.layouts.labels import LabelConverter, LabelMapOption, default_cache_dir, map_label_file
 from umd_lightning.data.layouts.manifest_file import read_manifest_layout
 from umd_lightning.data.layouts.nnunet import ChannelRole, channel_role, read_nnunet
 from umd_lightning.data.layouts.pattern import read_pattern
 from umd_lightning.data.layouts.records import DEFAULT_SESSION_NAMES, DEFAULT_VIEW_NAMES
 from umd_lightning.data.layouts.registry import LAYOUTS, load_layout
+from umd_lightning.data.niigz import save_nifti_atomic
 
 __all__ = [
     "ChannelRole",

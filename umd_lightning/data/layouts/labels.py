@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
@@ -14,6 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from umd_lightning.data.manifest import Manifest, ManifestError, ScanRecord
+from umd_lightning.data.niigz import save_nifti_atomic
 from umd_lightning.organs import SESSION_VIEWS, LabelMap, OrganSet, get_organ_set, load_label_map
 from umd_lightning.paths import path_problem
 
@@ -68,20 +68,6 @@ def map_label_file(
     new.header.set_slope_inter(1.0, 0.0)
     save_nifti_atomic(new, dst)
     return dst
-
-
-def save_nifti_atomic(img: nib.Nifti1Image, dst: Path) -> None:
-    """Write ``img`` to ``dst`` through a temporary file beside it (``.nii.gz``, so nibabel compresses it)
-    and a rename: a reader never sees half a volume."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".nii.gz", dir=dst.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class LabelConverter:
