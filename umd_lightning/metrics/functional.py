@@ -383,9 +383,10 @@ def _kdtree_search(
 
 # Seconds per unit of work, fitted on the far points of the four zero-shot cases at scale 0.33 (74
 # searches; the choice then costs 5.9 s where always taking the faster would cost 5.9 s, the k-d tree
-# alone 23.8 s, the sweep alone 7.7 s). A k-d tree query of a point beyond the window takes 3-5 us and
-# its build 0.3 us a point; the sweep passes over the box plane by plane, slower on lines along axis 0
-# that hold points of ``dst`` (about half of them, at most the plane's lines), plus its sorts.
+# alone 23.8 s, the sweep alone 7.7 s; benchmarks/kernels_bench.py compares the two on a phantom). A
+# k-d tree query of a point beyond the window takes 3-5 us and its build 0.3 us a point; the sweep
+# passes over the box plane by plane, slower on lines along axis 0 that hold points of ``dst`` (about
+# half of them, at most the plane's lines), plus its sorts.
 _KD_QUERY_S, _KD_POINT_S = 3.9e-6, 3e-7
 _SWEEP_VOXEL_S, _SWEEP_LINE_S, _SWEEP_QUERY_S, _SWEEP_POINT_S = 1.3e-9, 8e-9, 2.5e-7, 5e-7
 
