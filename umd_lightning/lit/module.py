@@ -27,7 +27,7 @@ from umd_lightning.data.niigz import save_nifti_atomic
 from umd_lightning.data.transforms import label_dtype
 from umd_lightning.lit.finetune import freeze_parameters, frozen_modules, load_matching
 from umd_lightning.metrics.failure import case_metrics_and_failure
-from umd_lightning.metrics.functional import failed_rows, metrics_metadata, warm_far_search
+from umd_lightning.metrics.functional import failed_rows, metrics_metadata, warm_kernels
 from umd_lightning.models.resample import labels_to_grid, needs_resampling, to_spacing, voxel_spacing
 from umd_lightning.organs import get_organ_set, is_pet
 from umd_lightning.results import write_case
@@ -254,8 +254,7 @@ class SegmentationModule(L.LightningModule):
         return labels, {"prompts": pred.prompts}, affine
 
     def on_test_start(self) -> None:
-        if self.metric_kwargs.get("distance_method", "window") != "kdtree":
-            warm_far_search()  # numba's start-up runs beside the first case's network, not after it
+        warm_kernels()  # numba's start-up runs beside the first case's network, not after it
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         meta = {k: batch[k][0] for k in META_KEYS if k in batch}
