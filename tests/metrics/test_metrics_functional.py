@@ -221,16 +221,23 @@ def test_far_points_go_to_the_cheaper_exact_search(monkeypatch, many):
     else:
         pred[50:52, 50:52, 50:52] = True  # one small far blob
     spacing = np.array([1.2, 1.0, 0.8])
-    used = []
+    used, windowed = [], []
     for name in ("_kdtree_search", "_sweep_search"):
         original = getattr(F, name)
         monkeypatch.setattr(F, name, lambda *a, _f=original, _n=name, **k: used.append(_n) or _f(*a, **k))
+    window = F._window_search
+    monkeypatch.setattr(F, "_window_search", lambda src, *a, **k: windowed.append(len(src)) or window(src, *a, **k))
     row = case_metrics(pred, ref, spacing, {1: "x"}, hd_percentile=100.0)[0]
     want = brute_force(pred, ref, spacing, q=100.0)
     for key in ("hd95", "nsd", "assd"):
         assert row[key] == pytest.approx(want[key], abs=1e-9)
     assert ("_sweep_search" in used) == many
     assert ("_kdtree_search" in used) == (not many)
+    # A scattered prediction's surface is sampled, found mostly far, and never searched point by point.
+    n_pred_surface = int(F._boundary(pred).sum())
+    assert (n_pred_surface in windowed) == (not many)
+    if many:
+        assert -(-n_pred_surface // F._SAMPLE_EVERY) in windowed
 
 
 def test_torch_and_numpy_inputs_agree():

@@ -391,6 +391,10 @@ _KD_QUERY_S, _KD_POINT_S = 3.9e-6, 3e-7
 _SWEEP_VOXEL_S, _SWEEP_LINE_S, _SWEEP_QUERY_S, _SWEEP_POINT_S = 1.3e-9, 8e-9, 2.5e-7, 5e-7
 
 
+# Every how many surface points a large search samples to see whether most of them are far.
+_SAMPLE_EVERY = 64
+
+
 def _far_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: int) -> np.ndarray:
     """Exact distances (mm) of points beyond the window: by a k-d tree, or, where the estimate says it
     is cheaper (many points far from ``dst``, as a scattered zero-shot prediction gives), by the
@@ -436,7 +440,13 @@ def _sweep_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: 
 def _nearest(src: np.ndarray, dst: _Surface, spacing: np.ndarray, method: DistanceMethod, workers: int) -> np.ndarray:
     """Exact distances (mm) from every point of ``src`` (N, 3) to the nearest point of ``dst``."""
     if method == "window":
-        out = _window_search(src, dst, spacing, _window_radius(spacing), give_up=True)
+        radius = _window_radius(spacing)
+        if len(src) >= _SAMPLE_EVERY * 100:
+            # A scattered prediction (most points far) would spend the window's whole budget per point
+            # before handing them over: a sample says so first, for 1/_SAMPLE_EVERY of the cost.
+            if np.isinf(_window_search(src[::_SAMPLE_EVERY], dst, spacing, radius, give_up=True)).mean() > 0.5:
+                return _far_search(src, dst, spacing, workers)
+        out = _window_search(src, dst, spacing, radius, give_up=True)
         far = ~np.isfinite(out)
         if far.any():
             out[far] = _far_search(src[far], dst, spacing, workers)
