@@ -27,7 +27,7 @@ _GZIP = 31  # wbits for a gzip header and trailer (checked on reading)
 def read_voxels(img: nib.spatialimages.SpatialImage) -> np.ndarray | None:
     """The voxels of a gzipped NIfTI as ``np.asanyarray(img.dataobj)`` gives them (Fortran order, the
     on-disk dtype), inflated in one call. None where that would not hold: not a gzip file, scaled,
-    non-native byte order, or the voxels not all in the first gzip member."""
+    non-native byte order, the voxels not all in the first gzip member, or a damaged stream."""
     proxy = img.dataobj
     path = getattr(proxy, "file_like", None)
     if not isinstance(path, str) or not path.endswith(".gz"):
@@ -40,8 +40,11 @@ def read_voxels(img: nib.spatialimages.SpatialImage) -> np.ndarray | None:
     shape = tuple(int(n) for n in proxy.shape)
     count = int(np.prod(shape))
     end = int(proxy.offset) + dtype.itemsize * count
-    with open(path, "rb") as f:
-        raw = _zlib.decompress(f.read(), _GZIP, end)
+    try:
+        with open(path, "rb") as f:
+            raw = _zlib.decompress(f.read(), _GZIP, end)
+    except _zlib.error:  # damaged or cut short: nibabel's reader says what it says of such a file
+        return None
     if len(raw) < end:
         return None
     return np.frombuffer(raw, dtype=dtype, count=count, offset=int(proxy.offset)).reshape(shape, order="F")
