@@ -46,3 +46,15 @@ def test_single_points_and_empty_sets():
     assert nearest_distances(np.zeros((0, 3), int), np.array([[1, 1, 1]]), spacing).shape == (0,)
     with pytest.raises(ValueError, match="empty"):
         nearest_distances(np.array([[0, 0, 0]]), np.zeros((0, 3), int), spacing)
+
+
+def test_warm_kernels_loads_every_compiled_kernel():
+    """The evaluation's warm-up thread leaves the sweep, the labelling and the boxes ready to call."""
+    from umd_lightning.metrics import _boxes, _components, _edt
+    from umd_lightning.metrics.functional import warm_kernels
+
+    thread = warm_kernels()
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    for kernel in (_edt._sweep, _components._runs, _components._label_runs, _components._paint, _boxes._extents):
+        assert kernel.signatures, kernel

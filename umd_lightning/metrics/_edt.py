@@ -180,7 +180,3 @@ def nearest_distances(src: np.ndarray, dst: np.ndarray, spacing: np.ndarray, wor
     dist[order] = out
     return dist
 
-
-def warm() -> None:
-    """Load (or, the first time on a machine, compile and cache) the compiled kernels."""
-    nearest_distances(np.zeros((1, 3), dtype=np.int64), np.ones((1, 3), dtype=np.int64), np.ones(3))

@@ -34,8 +34,8 @@ empty gives NaN values (excluded from means, counted by status). ``"exclude"``: 
 NaN for every metric, so the case drops out of means but is still counted by its status.
 
 Speed: bounding boxes of all organs come from one pass over each label map (compiled for a large
-map, else ``scipy.ndimage.find_objects``); each organ's
-masks and surfaces are computed in its own boxes only. The distance from a surface voxel to the other
+map, else ``scipy.ndimage.find_objects``); each organ's masks and surfaces are computed in its own
+boxes only. The distance from a surface voxel to the other
 surface is found by visiting the offsets around it in order of length; the voxels farther away go to
 a k-d tree over surface points, or, when many are far, to a distance-transform sweep
 (:mod:`umd_lightning.metrics._edt`) whose cost does not grow with the distances. Neither the whole
@@ -310,6 +310,8 @@ def _offsets(spacing: tuple[float, float, float], radius: float) -> tuple[np.nda
 # prediction scattered far from the reference does, early. 30 was the fastest of 10/30/100/no limit
 # on both the whole-body benchmark (1.28 s against 1.90 s unlimited) and zero-shot PET cases (2x).
 _GIVE_UP_WORK = 30
+# A search of at least 100 x _SAMPLE_EVERY points first samples every _SAMPLE_EVERY-th (see _nearest).
+_SAMPLE_EVERY = 64
 
 
 def _window_radius(spacing: np.ndarray) -> float:
@@ -391,10 +393,6 @@ _KD_QUERY_S, _KD_POINT_S = 3.9e-6, 3e-7
 _SWEEP_VOXEL_S, _SWEEP_LINE_S, _SWEEP_QUERY_S, _SWEEP_POINT_S = 1.3e-9, 8e-9, 2.5e-7, 5e-7
 
 
-# Every how many surface points a large search samples to see whether most of them are far.
-_SAMPLE_EVERY = 64
-
-
 def _far_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: int) -> np.ndarray:
     """Exact distances (mm) of points beyond the window: by a k-d tree, or, where the estimate says it
     is cheaper (many points far from ``dst``, as a scattered zero-shot prediction gives), by the
@@ -412,22 +410,6 @@ def _far_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: in
     if sweep < kd:
         return _sweep_search(src, dst, spacing, workers)
     return _kdtree_search(src, dst, spacing, workers)
-
-
-def warm_kernels() -> threading.Thread:
-    """Load the metrics' compiled kernels (the far-point sweep, the component labelling, the boxes) on a
-    background thread: numba's start-up, about 1 s (more the first time on a machine, when it compiles
-    and caches them), so that an evaluation can do it while its first case is predicted."""
-    def load() -> None:
-        from umd_lightning.metrics import _boxes, _components, _edt
-
-        _edt.warm()
-        _components.label26(np.ones((2, 2, 2), dtype=bool))
-        _boxes.bounding_boxes(np.ones((2, 2, 2), dtype=np.uint8), 1)
-
-    thread = threading.Thread(target=load, name="warm-metric-kernels", daemon=True)
-    thread.start()
-    return thread
 
 
 def _sweep_search(src: np.ndarray, dst: _Surface, spacing: np.ndarray, workers: int) -> np.ndarray:
@@ -578,7 +560,7 @@ class CaseArrays:
     @classmethod
     def of(cls, pred: Any, ref: Any, spacing: Any, label_ids: Sequence[int], workers: int = 1) -> "CaseArrays":
         """The maps as numpy, checked, and their boxes (the two maps' passes on two threads when
-        ``workers`` allows: numpy's gathers and reductions run without the GIL)."""
+        ``workers`` allows: a large map's compiled pass runs without the GIL)."""
         p_arr = _to_numpy(pred, "pred")
         r_arr = _to_numpy(ref, "ref")
         if p_arr.shape != r_arr.shape:
@@ -770,3 +752,19 @@ def failed_rows(labels: Mapping[int, str], error: str = "") -> list[dict[str, An
         }
         for i in sorted(labels)
     ]
+
+
+def warm_kernels() -> threading.Thread:
+    """Load the metrics' compiled kernels (the far-point sweep, the component labelling, the boxes) on a
+    background thread: numba's start-up, about 1 s (more the first time on a machine, when it compiles
+    and caches them), so that an evaluation can do it while its first case is predicted."""
+    def load() -> None:
+        from umd_lightning.metrics import _boxes, _components, _edt
+
+        _edt.nearest_distances(np.zeros((1, 3), dtype=np.int64), np.ones((1, 3), dtype=np.int64), np.ones(3))
+        _components.label26(np.ones((2, 2, 2), dtype=bool))
+        _boxes.bounding_boxes(np.ones((2, 2, 2), dtype=np.uint8), 1)
+
+    thread = threading.Thread(target=load, name="warm-metric-kernels", daemon=True)
+    thread.start()
+    return thread
