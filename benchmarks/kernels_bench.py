@@ -101,8 +101,8 @@ def nifti_gzip(labels) -> None:
         _, t_ours = _timed(lambda: save_nifti_atomic(out, Path(tmp) / "ours.nii.gz"))
         back = np.asanyarray(nib.load(Path(tmp) / "ours.nii.gz").dataobj)
         assert np.array_equal(back, labels)
-        print(f"write a {labels.nbytes / 2**20:.0f} MiB uint8 label map: nibabel {t_nib:.2f} s, in one call {t_ours:.2f} s: "
-              f"{t_nib / t_ours:.1f}x; read back equal")
+        print(f"write a {labels.nbytes / 2**20:.0f} MiB uint8 label map: nibabel {t_nib:.2f} s, "
+              f"in one call {t_ours:.2f} s: {t_nib / t_ours:.1f}x; read back equal")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,8 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     # 2**31 - 1 is the largest trim threshold mallopt takes; no heap top that size is ever trimmed
-    _tuned = all(mallopt(param, value) for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
+    _tuned = all(mallopt(param, value) for param, value in settings)
     if _tuned:
         log.debug("glibc malloc: mmap off, trim threshold 2 GiB, one arena")
     return _tuned

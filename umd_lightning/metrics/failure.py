@@ -84,7 +84,8 @@ def _on_planes(arr: np.ndarray, start: Any, planes: tuple[np.ndarray, ...]) -> n
 
 def _mean_in(values: np.ndarray, m: _Mask) -> float:
     """Mean of ``values`` (the whole grid) inside the mask, read through the mask's box: no copy of it."""
-    return float(values[tuple(slice(int(a), int(b)) for a, b in zip(m.start, m.surface.stop))][m.mask].mean(dtype=np.float64))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(m.start, m.surface.stop))
+    return float(values[box][m.mask].mean(dtype=np.float64))
 
 
 def _organ_columns(
