@@ -263,7 +263,7 @@ class UMDDataModule(L.LightningDataModule):
         # as random, which would leave nothing cached and re-read every NIfTI each epoch.
         transform = Compose(
             [
-                paired_load_transforms(self.intensity, self.train_spacing, label_dtype(max(self.organ_set.labels))),
+                paired_load_transforms(self.intensity, self.train_spacing, label_dtype(self.organ_set)),
                 paired_patch_transforms(self.patch_size, self.samples_per_volume),
             ]
         ).flatten()
@@ -366,7 +366,7 @@ class UMDDataModule(L.LightningDataModule):
             for r in records
         ]
         channels = max(1, len(self.channels))
-        transform = eval_transforms(channels, label_dtype=label_dtype(max(self.organ_set.labels)))
+        transform = eval_transforms(channels, label_dtype=label_dtype(self.organ_set))
         # A plain Dataset: each whole volume is read when its case comes and dropped once scored.
         prefetch = {"prefetch_factor": 1} if self.num_workers > 0 else {}
         return DataLoader(Dataset(items, transform), batch_size=1, num_workers=self.num_workers, **prefetch)

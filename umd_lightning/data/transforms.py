@@ -32,8 +32,7 @@ from monai.transforms import (
 from umd_lightning.data.niigz import read_voxels
 from umd_lightning.grids import resample
 from umd_lightning.intensity import IntensityConfig, normalise_view
-from umd_lightning.organs import check_view
-from umd_lightning.organs import label_dtype as ids_dtype
+from umd_lightning.organs import OrganSet, check_view
 
 ORIENTATION = "RAS"
 # Stated explicitly: MONAI is changing the default meaning of axis letters.
@@ -158,9 +157,9 @@ class BlockedNibabelReader(NibabelReader):
         return c_contiguous(voxels if voxels is not None else super()._get_array_data(img, *args, **kwargs))
 
 
-def label_dtype(max_label: int) -> torch.dtype:
-    """:func:`umd_lightning.organs.label_dtype` as a torch dtype."""
-    return torch.from_numpy(np.empty(0, dtype=ids_dtype(max_label))).dtype
+def label_dtype(organ_set: OrganSet) -> torch.dtype:
+    """The organ set's label dtype (:attr:`~umd_lightning.organs.OrganSet.label_dtype`) as a torch dtype."""
+    return torch.from_numpy(np.empty(0, dtype=organ_set.label_dtype)).dtype
 
 
 def eval_transforms(channels: int = 1, label_dtype: torch.dtype = torch.uint8) -> Compose:

@@ -109,7 +109,7 @@ class SegmentationModule(L.LightningModule):
         self.frozen = freeze_parameters(net, freeze)
         self._frozen_modules = frozen_modules(net) if self.frozen else []
         self.organ_set = get_organ_set(dict(organ_set) if isinstance(organ_set, Mapping) else organ_set)
-        self._label_dtype = label_dtype(max(self.organ_set.labels))
+        self._label_dtype = label_dtype(self.organ_set)
         self.train_views = tuple(train_views)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.metric_kwargs = dict(
@@ -263,8 +263,8 @@ class SegmentationModule(L.LightningModule):
             labels, prompts, affine = self._predict_case(batch)
             reference = _plain(batch["label"][0, 0]).cpu()
             suv = batch["image"][0, 0] if is_pet(meta["view"]) else None  # SUV on the label grid (eval_transforms)
-            # The prediction is compressed to disk while the case is scored: zlib runs without the GIL,
-            # so at clinical size its second or so hides in the scoring's single-threaded stretches.
+            # The prediction is compressed to disk while the case is scored: deflate runs without the
+            # GIL, so at clinical size it hides in the scoring's single-threaded stretches.
             with ThreadPoolExecutor(1) as saver:
                 saved = None
                 if self.hparams.save_predictions:
