@@ -334,3 +334,58 @@ def test_refined_grid_averages_back_to_the_coarse_grid():
         # The grid is centred where asked.
         centre = nib.affines.apply_affine(coarse.affine, (np.asarray(coarse.shape) - 1) / 2)
         np.testing.assert_allclose(centre, [10.0, -20.0, 5.0])
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+def _subject_session(index: int = 0, name: str = "petct"):
+    from umd_lightning.data.synthetic.anatomy import draw_session, draw_subject
+
+    cfg = CohortConfig()
+    seeds = np.random.SeedSequence(entropy=cfg.seed, spawn_key=(index,)).spawn(5)
+    subject = draw_subject(index, np.random.default_rng(seeds[0]), tuple(cfg.lesions_per_subject))
+    return subject, draw_session(name, np.random.default_rng(seeds[1]), subject, cfg.deformation_mm)
+
+
+@pytest.mark.parametrize("name", ["petct", "petmri"])
+def test_sampling_by_slabs_equals_the_whole_block(monkeypatch, name):
+    # Every voxel's label and tissue depend on its own coordinates only: one plane per slab must give
+    # the whole block's arrays exactly, PET activity (lesions included) too.
+    from umd_lightning.data.synthetic import sampling, scans
+
+    from umd_lightning.data.synthetic.cohort import _scan_center
+
+    subject, session = _subject_session(name=name)
+    centre = _scan_center(session.pose, subject, 900.0, np.random.default_rng(0))
+    grid = Grid.centered(centre, (400.0, 270.0, 900.0), (9.0, 9.0, 12.0), "RAS")
+    pet_grid = Grid.centered(centre, (440.0, 300.0, 920.0), (18.0, 18.0, 18.0), "LPS")
+    results = {}
+    for slab_voxels in (10**9, 1):
+        monkeypatch.setattr(sampling, "SLAB_VOXELS", slab_voxels)
+        block = sampling.body_block(subject, session, grid, 3.0)
+        slabs = list(block.slabs())
+        pet = scans._pet_image(subject, session, pet_grid, 6.0, 3.0, np.random.default_rng(0))
+        results[slab_voxels] = (*sampling.sample_anatomy(subject, session, grid, 3.0), pet, len(slabs))
+    (label, tissue, pet, one), (label_s, tissue_s, pet_s, many) = results[10**9], results[1]
+    assert one == 1 and many == block.sampler.shape[2] > 1
+    assert set(np.unique(label).tolist()) == set(UMD13.labels) | {0}
+    np.testing.assert_array_equal(label_s, label)
+    np.testing.assert_array_equal(tissue_s, tissue)
+    np.testing.assert_array_equal(pet_s, pet)
+    assert pet.max() > 3.0  # lesions and hot organs are in it
+
+
+def test_noise_in_chunks_is_one_draw(monkeypatch):
+    from umd_lightning.data.synthetic import scans
+
+    monkeypatch.setattr(scans, "_CHUNK", 1000)
+    image = np.linspace(-5, 5, 24 * 17 * 13, dtype=np.float32).reshape(24, 17, 13)
+    expected = image + np.float32(2.5) * np.random.default_rng(3).standard_normal(image.shape, dtype=np.float32)
+    got = image.copy()
+    scans._add_noise(got, np.float32(2.5), np.random.default_rng(3))
+    np.testing.assert_array_equal(got, expected)
+    noise = np.float32(0.5) * np.random.default_rng(4).standard_normal(image.shape, dtype=np.float32)
+    got = image * image
+    scans._add_noise(got, np.float32(0.5), np.random.default_rng(4), square=True)
+    np.testing.assert_array_equal(got, image * image + noise * noise)

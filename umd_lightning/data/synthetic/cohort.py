@@ -82,7 +82,7 @@ def generate_subject(out_dir: str | Path, config: CohortConfig, index: int) -> l
                              np.asarray(spacing) * scale, orientation)  # fmt: skip
         pet_grid = Grid.centered(_scan_center(session.pose, subject, config.pet_fov_mm[2], rng),
                                  config.pet_fov_mm, np.asarray(config.pet_spacing) * scale, orientation)  # fmt: skip
-        label, tissue, _, _ = sample_anatomy(subject, session, grid, config.fat_gap_mm)
+        label, tissue = sample_anatomy(subject, session, grid, config.fat_gap_mm)
         missing = sorted(set(UMD13.labels) - set(np.unique(label).tolist()))
         if missing:
             names = ", ".join(UMD13.labels[m] for m in missing)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
 from umd_lightning.data.synthetic.anatomy import _TRUNK_TOP, Pose, Session, Subject, _structures
-from umd_lightning.data.synthetic.shapes import _BIG, _F32, eval_restricted
+from umd_lightning.data.synthetic.shapes import _BIG, _F32, Structure, eval_restricted
 from umd_lightning.data.synthetic.tissues import T
 
 Orientation = Literal["RAS", "LPS"]
+
+#: Voxels of a body block sampled at a time (:meth:`BodyBlock.slabs`): about 0.3 GB of per-voxel fields.
+SLAB_VOXELS = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,11 @@ def _voxel_box(grid: Grid, pose: Pose, lo: np.ndarray, hi: np.ndarray, pad: floa
 
 
 class _Sampler:
-    """Body-frame coordinates of every voxel of a grid under a pose, and body-box -> voxel-box.
+    """Body-frame coordinates of the voxels of a grid under a pose, and body-box -> voxel-box.
 
     The deformation moves each world axis by a function of the two other axes (a sum of products
-    of cosines), so it is smooth, volume-preserving, and costs only two full-array passes per axis.
+    of cosines), so each body coordinate is a sum of three 2-D planes: the planes are kept and any
+    box's coordinates are summed on demand (:meth:`coords`), never the whole grid's.
     """
 
     def __init__(self, grid: Grid, pose: Pose, pad_mm: float):
@@ -87,15 +91,23 @@ class _Sampler:
             u[comp] += amp * np.cos(k[o1] * axes[o1] + ph[o1])[:, None] * np.cos(k[o2] * axes[o2] + ph[o2])[None, :]
         a = [axes[i] - pose.shift[i] for i in range(3)]
         rt = pose.rotation.T
-        self.b = []
+        self._planes = []  # per body axis: its (y, z), (x, z) and (x, y) planes
         for i in range(3):
             yz = rt[i, 1] * a[1][:, None] + rt[i, 2] * a[2][None, :] + rt[i, 0] * u[0]
             xz = rt[i, 1] * u[1]
             xy = rt[i, 0] * a[0][:, None] + rt[i, 2] * u[2]
-            bi = yz.astype(np.float32)[None, :, :] + xz.astype(np.float32)[:, None, :]
-            bi += xy.astype(np.float32)[:, :, None]
-            self.b.append(bi)
+            self._planes.append((yz.astype(np.float32), xz.astype(np.float32), xy.astype(np.float32)))
         self.pad = pad_mm + pose.max_displacement + float(np.linalg.norm(grid.step))
+
+    def coords(self, box: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Body-frame x, y, z (float32) of the voxels ``box`` (absolute slices of the grid)."""
+        b0, b1, b2 = box
+        out = []
+        for yz, xz, xy in self._planes:
+            c = yz[None, b1, b2] + xz[b0, None, b2]  # the same sums in the same order for any box
+            c += xy[b0, b1, None]
+            out.append(c)
+        return tuple(out)  # type: ignore[return-value]
 
     def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...] | None:
         return _voxel_box(self.grid, self.pose, lo, hi, self.pad)
@@ -108,7 +120,7 @@ class Region:
         self.smp, self.box = smp, box
 
     def coords(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(c[self.box] for c in self.smp.b)  # type: ignore[return-value]
+        return self.smp.coords(self.box)
 
     def rel(self, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...] | None:
         """Slices of this block (relative) that can hold body points in ``[lo, hi]``; None if none."""
@@ -161,53 +173,82 @@ def _body_fields(subject: Subject, x: np.ndarray, y: np.ndarray, z: np.ndarray, 
     return d_body, d_int, tissue
 
 
-def sample_anatomy(subject: Subject, session: Session, grid: Grid, gap_mm: float
-                   ) -> tuple[np.ndarray, np.ndarray, _Sampler | None, tuple[slice, ...] | None]:  # fmt: skip
-    """Label (UMD13 ids, uint8) and tissue ids (uint8) at every voxel centre of ``grid``.
+class BodyBlock:
+    """The block of a grid that can hold the body, sampled a slab at a time.
 
-    Only the block of the grid that can hold the body is sampled; the rest is air.
+    Every voxel's label and tissue depend on its own coordinates only, so slabs give the same
+    values as the whole block at once, at a bounded cost: the per-voxel fields (coordinates,
+    distances, the two nearest structures) take about 40 bytes a voxel while they are worked on.
 
-    Returns:
-        ``(label, tissue, sampler, box)``: two arrays of ``grid.shape``, and the sampler of the body
-        block (its body-frame coordinates) with the block's slices (None if the body misses the grid).
+    Attributes:
+        box: the block's voxels in the grid (slices).
+        sampler: body-frame coordinates of the block's voxels (block-relative boxes).
     """
+
+    def __init__(self, subject: Subject, session: Session, grid: Grid, box: tuple[slice, ...], gap_mm: float):
+        self.subject, self.session, self.box, self.gap_mm = subject, session, box, gap_mm
+        self.sampler = _Sampler(grid.block(box), session.pose, pad_mm=gap_mm + 2.0)
+
+    def slabs(self, max_voxels: int | None = None) -> Iterator[tuple[tuple[slice, ...], np.ndarray, np.ndarray]]:
+        """``(slab, label, tissue)`` for consecutive slabs of the block along its last axis, each of at
+        most ``max_voxels`` (default :data:`SLAB_VOXELS`) or one plane; ``slab`` is its block-relative box."""
+        n0, n1, n2 = self.sampler.shape
+        step = max(1, (max_voxels or SLAB_VOXELS) // max(1, n0 * n1))
+        structures = _structures(self.subject, self.session)
+        for start in range(0, n2, step):
+            slab = (slice(0, n0), slice(0, n1), slice(start, min(start + step, n2)))
+            label, tissue = _sample_slab(structures, self.subject, Region(self.sampler, slab), self.gap_mm)
+            yield slab, label, tissue
+
+
+def body_block(subject: Subject, session: Session, grid: Grid, gap_mm: float) -> BodyBlock | None:
+    """The block of ``grid`` that can hold the body under the session's pose; None if the body misses it."""
     p = subject.profile
     lo = np.minimum([-p[:, 1].max(), (p[:, 3] - p[:, 2]).min(), p[:, 0].min()], subject.head.lo)
     hi = np.maximum([p[:, 1].max(), (p[:, 3] + p[:, 2]).max(), p[:, 0].max()], subject.head.hi)
     pad = session.pose.max_displacement + float(np.linalg.norm(grid.step)) + 1.0
     box = _voxel_box(grid, session.pose, lo, hi, pad)
+    return None if box is None else BodyBlock(subject, session, grid, box, gap_mm)
+
+
+def sample_anatomy(subject: Subject, session: Session, grid: Grid, gap_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Label (UMD13 ids, uint8) and tissue ids (uint8) at every voxel centre of ``grid``.
+
+    Only the block of the grid that can hold the body is sampled, a slab at a time; the rest is air.
+    """
     label = np.zeros(grid.shape, np.uint8)
     tissue = np.full(grid.shape, T["air"], np.uint8)
-    if box is None:
-        return label, tissue, None, None
-    label[box], tissue[box], smp = _sample_block(subject, session, grid.block(box), gap_mm)
-    return label, tissue, smp, box
+    block = body_block(subject, session, grid, gap_mm)
+    if block is not None:
+        label_block, tissue_block = label[block.box], tissue[block.box]
+        for slab, lab, tis in block.slabs():
+            label_block[slab], tissue_block[slab] = lab, tis
+    return label, tissue
 
 
-def _sample_block(subject: Subject, session: Session, grid: Grid, gap_mm: float) -> tuple[np.ndarray, np.ndarray, _Sampler]:
-    """Label and tissue on a grid, each structure evaluated in its bounding box only.
+def _sample_slab(structures: list[Structure], subject: Subject, whole: Region, gap_mm: float
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Label and tissue of a region, each structure evaluated in its bounding box only.
 
     A voxel belongs to the structure with the smallest distance when it is inside it and the
     runner-up is at least ``gap_mm`` farther (when either is an organ); otherwise it keeps the
     body's background tissue (fat inside the trunk).
     """
-    structures = _structures(subject, session)
-    smp = _Sampler(grid, session.pose, pad_mm=gap_mm + 2.0)
-    bx, by, bz = smp.b
-    whole = Region(smp, tuple(slice(0, n) for n in grid.shape))
+    bx, by, bz = whole.coords()
+    shape = bx.shape
     d_body, d_int, tissue = _body_fields(subject, bx, by, bz, whole)
-    best = np.full(grid.shape, _BIG, np.float32)
-    second = np.full(grid.shape, _BIG, np.float32)
-    sid = np.full(grid.shape, -1, np.int16)
-    sid2 = np.full(grid.shape, -1, np.int16)
+    best = np.full(shape, _BIG, np.float32)
+    second = np.full(shape, _BIG, np.float32)
+    sid = np.full(shape, -1, np.int16)
+    sid2 = np.full(shape, -1, np.int16)
     cache: list = []
     for k, st in enumerate(structures):
-        box = smp.box(st.shape.lo, st.shape.hi)
+        box = whole.rel(st.shape.lo, st.shape.hi)
         if box is None:
             cache.append(None)
             continue
-        region = Region(smp, box)
-        x, y, z = region.coords()
+        region = whole.child(box)
+        x, y, z = bx[box], by[box], bz[box]
         d, aux = st.shape.eval(x, y, z, region)
         for other, margin in st.subtract:
             d = np.maximum(d, _F32(margin) - eval_restricted(other, x, y, z, region, margin))
@@ -240,4 +281,4 @@ def _sample_block(subject: Subject, session: Session, grid: Grid, gap_mm: float)
             continue
         t = st.tissue if isinstance(st.tissue, int) else st.tissue(d, aux, bx[box], by[box], bz[box])
         np.copyto(tissue[box], np.asarray(t, dtype=np.uint8), where=mine)
-    return label, tissue, smp
+    return label, tissue
