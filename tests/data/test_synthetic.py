@@ -353,7 +353,6 @@ def test_sampling_by_slabs_equals_the_whole_block(monkeypatch, name):
     # Every voxel's label and tissue depend on its own coordinates only: one plane per slab must give
     # the whole block's arrays exactly, PET activity (lesions included) too.
     from umd_lightning.data.synthetic import sampling, scans
-
     from umd_lightning.data.synthetic.cohort import _scan_center
 
     subject, session = _subject_session(name=name)
