@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
 import multiprocessing as mp
@@ -13,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from umd_lightning.data.niigz import gzip_bytes
 from umd_lightning.data.synthetic.anatomy import _HEAD_TOP, Pose, Subject, draw_session, draw_subject
 from umd_lightning.data.synthetic.config import GENERATOR_VERSION, CohortConfig
 from umd_lightning.data.synthetic.sampling import Grid, Orientation, sample_anatomy
@@ -27,8 +27,7 @@ def _save(path: Path, data: np.ndarray, affine: np.ndarray, compress_level: int)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mtime=0: the same config gives byte-identical files.
-    path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=int(compress_level), mtime=0))
+    path.write_bytes(gzip_bytes(img.to_bytes(), int(compress_level)))  # no time in the header: the same bytes each run
 
 
 def subject_id(index: int) -> str:
