@@ -84,3 +84,43 @@ def compose_cfg(cache_dir, tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# ------------------------------------------------------------------ helpers of the inference and augmentation tests
+# (CPU and CUDA: tests/models/test_inference.py, tests/lit/test_augment.py, tests/test_cuda_paths.py)
+
+
+def small_net(in_channels: int = 2, classes: int = 5, seed: int = 0):
+    """A random 3x3x3 two-layer net: logits depend on the neighbourhood, so border windows differ."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(in_channels, 6, 3, padding=1),
+        torch.nn.Tanh(),
+        torch.nn.Conv3d(6, classes, 3, padding=1),
+    ).eval()
+
+
+def assert_same_labels(ours, scores) -> None:
+    """>= 99.99 % equal to MONAI's argmax, and every differing voxel a near-tie in MONAI's scores."""
+    import torch
+
+    ref = scores.argmax(0)
+    assert ours.shape == ref.shape
+    differ = ours.long() != ref
+    assert differ.float().mean().item() <= 1e-4
+    if differ.any():
+        top = scores.max(0).values[differ]
+        mine = scores.gather(0, ours.long()[None])[0][differ]
+        assert torch.all(top - mine <= 1e-5 * (1 + top.abs())), (top - mine).max()
+
+
+def paired_batch(n: int = 2, size: int = 12) -> dict:
+    """A paired patch batch whose images are its labels scaled (PET = 2 x anatomical)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 5, (n, 1, size, size, size), generator=g)
+    anat = label.float() / 4
+    return {"anat": anat, "pet": 2 * anat, "label": label, "use_anat": torch.ones(n, dtype=torch.bool)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from conftest import paired_batch
 from umd_lightning.lit.augment import DeviceAugment, random_affine_matrices, to_normalised
 
 NONE = dict(p_affine=0.0, p_brightness=0.0, p_gamma=0.0, p_noise=0.0)
@@ -66,25 +67,18 @@ def test_random_affines_are_rotations_times_a_zoom():
     torch.testing.assert_close(to_normalised(eye, (8, 16, 32)), eye)
 
 
-def _paired_batch(n: int = 2, size: int = 12) -> dict:
-    g = torch.Generator().manual_seed(0)
-    label = torch.randint(0, 5, (n, 1, size, size, size), generator=g)
-    anat = label.float() / 4
-    return {"anat": anat, "pet": 2 * anat, "label": label, "use_anat": torch.ones(n, dtype=torch.bool)}
-
-
 def _spatial_only(**kw) -> DeviceAugment:
     return DeviceAugment(p_brightness=0, p_gamma=0, p_noise=0, device_types=("cpu",), **kw)
 
 
 def test_augment_is_off_on_devices_not_named():
-    batch = _paired_batch()
+    batch = paired_batch()
     out = DeviceAugment(p_affine=1.0)(batch)  # default device_types: cuda only
     assert all(out[k] is batch[k] for k in ("anat", "pet", "label"))
 
 
 def test_identity_affine_keeps_the_batch():
-    batch = _paired_batch()
+    batch = paired_batch()
     out = _spatial_only(p_affine=1.0, rotate_deg=(0, 0, 0), scale=(1, 1))(batch)
     assert torch.equal(out["label"], batch["label"])
     torch.testing.assert_close(out["anat"], batch["anat"], atol=1e-5, rtol=0)
@@ -111,7 +105,7 @@ def test_anisotropic_patch_keeps_a_rotation_rigid():
 
 def test_random_affine_shares_geometry_across_keys_and_keeps_label_ids():
     torch.manual_seed(0)
-    batch = _paired_batch(n=4, size=16)
+    batch = paired_batch(n=4, size=16)
     out = _spatial_only(p_affine=1.0, rotate_deg=(30, 30, 30), scale=(0.8, 1.2))(batch)
     assert not torch.equal(out["label"], batch["label"])
     # anat and pet went through one affine: pet is still exactly twice anat
@@ -128,7 +122,7 @@ def test_random_affine_matrices_respect_their_ranges():
 
 
 def test_intensity_changes_are_the_configured_ones():
-    batch = _paired_batch()
+    batch = paired_batch()
     out = DeviceAugment(p_affine=0, p_brightness=1.0, brightness=(2, 2), p_gamma=0, p_noise=0, device_types=("cpu",))(batch)
     torch.testing.assert_close(out["anat"], 2 * batch["anat"])
     assert torch.equal(out["label"], batch["label"])

@@ -11,6 +11,7 @@ from monai.data import MetaTensor
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from conftest import assert_same_labels, small_net
 from umd_lightning.models.inference import plan_windows, sliding_window_labels, tta_flips
 
 
@@ -23,31 +24,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def small_net(in_channels: int = 2, classes: int = 5, seed: int = 0) -> torch.nn.Module:
-    """A random 3x3x3 two-layer net: logits depend on the neighbourhood, so border windows differ."""
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv3d(in_channels, 6, 3, padding=1),
-        torch.nn.Tanh(),
-        torch.nn.Conv3d(6, classes, 3, padding=1),
-    ).eval()
-
-
 def monai_scores(image, net, roi, overlap, mode, sw_batch_size=4, sigma_scale=0.125):
     with torch.no_grad():
         return sliding_window_inference(image, roi, sw_batch_size, net, overlap, mode, sigma_scale)[0]
-
-
-def assert_same_labels(ours: torch.Tensor, scores: torch.Tensor) -> None:
-    """>= 99.99 % equal to MONAI's argmax, and every differing voxel a near-tie in MONAI's scores."""
-    ref = scores.argmax(0)
-    assert ours.shape == ref.shape
-    differ = ours.long() != ref
-    assert differ.float().mean().item() <= 1e-4
-    if differ.any():
-        top = scores.max(0).values[differ]
-        mine = scores.gather(0, ours.long()[None])[0][differ]
-        assert torch.all(top - mine <= 1e-5 * (1 + top.abs())), (top - mine).max()
 
 
 # (volume size, roi): odd sizes, smaller than the window along one axis, anisotropic windows,
