@@ -20,7 +20,7 @@ import numpy as np
 try:
     from isal import isal_zlib as _zlib
 except ImportError:  # ISA-L has no wheel for this platform: the standard library's zlib (same format)
-    import zlib as _zlib
+    _zlib = zlib
 
 _GZIP = 31  # wbits for a gzip header and trailer (checked on reading)
 _ISAL_LEVELS = range(0, 4)  # ISA-L's deflate levels; zlib's go to 9
